@@ -1,0 +1,1 @@
+"""PyTorch Lightning recipes: `python -m recipes fit --config configs/...`."""

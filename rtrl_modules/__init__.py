@@ -1,0 +1,1 @@
+"""Exact real-time recurrent learning (RTRL) for element-wise recurrent networks."""
