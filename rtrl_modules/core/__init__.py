@@ -1,0 +1,17 @@
+"""RTRL autograd core: element-wise cells run over segments with exact, untruncated gradients."""
+
+from .functional import GRADIENT_MODES, elementwise_recurrence
+from .gradcheck import bptt_reference, check_rtrl_gradients
+from .recurrent import ELSTM, LRU, SRU, IndRNN, RTRLCore
+
+__all__ = [
+    "GRADIENT_MODES",
+    "elementwise_recurrence",
+    "bptt_reference",
+    "check_rtrl_gradients",
+    "RTRLCore",
+    "ELSTM",
+    "IndRNN",
+    "LRU",
+    "SRU",
+]

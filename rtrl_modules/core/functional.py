@@ -1,0 +1,227 @@
+"""Exact RTRL for element-wise cells, as one ``torch.autograd.Function`` over a segment.
+
+``elementwise_recurrence`` runs a cell over a segment x [B, T, D] from a carried state c_0 and
+carried sensitivities S_0, and returns the state sequence c [B, T, N] plus the sensitivities S_T
+to carry on. Its backward gives, for the three ``gradient`` modes (docs/math.md §3):
+
+* ``"rtrl"``           in-segment BPTT + Σ_b (∂L/∂c_0) ⊙ S_0, and S_T by the segment form
+                       S_T = A_{1:T} ⊙ S_0 + Σ_k (A_{k+1:T} ⊙ ∂c_k/∂a_k) x_kᵀ (one batched GEMM);
+* ``"rtrl_stepwise"``  Σ_t e_t ⊙ S_t with the step-by-step recursion S_t = J_t ⊙ S_{t-1} + …
+                       (e_t: the immediate error ∂L/∂c_t; S_t re-run forward in backward);
+* ``"tbptt"``          in-segment BPTT only (gradient truncated at the segment start).
+
+All three give the input x its in-segment BPTT gradient. The in-segment BPTT of an element-wise
+recurrence is the linear recurrence δ_t = g_t + J_{t+1} ⊙ δ_{t+1}, so the forward loop runs
+without building an autograd graph and the backward is one fused loop of multiply-adds.
+Episode starts (``keep`` = 0) cut J_t, so state, BPTT and sensitivities all restart there.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..cells.base import ElementwiseCell
+
+GradientMode = Literal["rtrl", "rtrl_stepwise", "tbptt"]
+GRADIENT_MODES: tuple[str, ...] = ("rtrl", "rtrl_stepwise", "tbptt")
+
+
+def unroll(cell: ElementwiseCell, pre: Tensor, c0: Tensor, keep: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """Run ``cell.step`` over time. pre [B, T, K, N], c0 [B, N], keep [B, T] → c [B, T, N]."""
+    c_seq = pre.new_empty(pre.shape[0], pre.shape[1], pre.shape[-1])
+    c = c0
+    for t in range(pre.shape[1]):
+        c = cell.step(pre[:, t], c * keep[:, t, None], **params)
+        c_seq[:, t] = c
+    return c_seq
+
+
+def previous_states(c0: Tensor, c_seq: Tensor, keep: Tensor) -> Tensor:
+    """c_{t-1} as seen by step t (zero at episode starts): [B, T, N]."""
+    return torch.cat((c0.unsqueeze(1), c_seq[:, :-1]), dim=1) * keep.unsqueeze(-1)
+
+
+def _as_gates(tensor: Tensor, num_gates: int) -> Tensor:
+    """[B, K*N, D] weight sensitivity → [B, K, N, D] view."""
+    return tensor.view(tensor.shape[0], num_gates, -1, tensor.shape[-1])
+
+
+def _broadcast_units(values: Tensor, like: Tensor, lead: int) -> Tensor:
+    """Reshape ``values`` [*lead, N] so it broadcasts against ``like`` [*lead, ..., N]."""
+    extra = like.dim() - values.dim()
+    return values.view(*values.shape[:lead], *([1] * extra), values.shape[-1])
+
+
+def carry_sensitivities_segment(
+    jacobian: Tensor, d_pre: Tensor, d_params: dict[str, Tensor], x: Tensor, sens0: dict[str, Tensor] | None
+) -> dict[str, Tensor]:
+    """S_T by the exact segment form (DESIGN §2.1): reverse cumulative product + one bmm.
+
+    jacobian [B, T, N] (already zero at episode starts), d_pre [B, T, K, N], x [B, T, D].
+    """
+    batch, steps, num_gates, hidden = d_pre.shape
+    suffix = jacobian.flip(1).cumprod(1).flip(1)  # Π_{j ≥ t} J_j
+    after = torch.cat((suffix[:, 1:], torch.ones_like(suffix[:, :1])), dim=1)  # A_{t+1:T}
+    total = suffix[:, 0]  # A_{1:T}
+    weights = (d_pre * after.unsqueeze(2)).reshape(batch, steps, num_gates * hidden)
+    sens = {"weight_ih": torch.bmm(weights.transpose(1, 2), x)}  # [B, K*N, D]
+    for name, d in d_params.items():
+        sens[name] = (d * _broadcast_units(after, d, 2)).sum(1)
+    if sens0 is not None:
+        _as_gates(sens["weight_ih"], num_gates).add_(
+            total[:, None, :, None] * _as_gates(sens0["weight_ih"], num_gates)
+        )
+        for name in d_params:
+            sens[name] += _broadcast_units(total, sens0[name], 1) * sens0[name]
+    return sens
+
+
+def _stepwise_sensitivities(
+    jacobian: Tensor, d_pre: Tensor, d_params: dict[str, Tensor], x: Tensor, sens0: dict[str, Tensor] | None
+):
+    """Yield (t, S_t) for t = 0..T-1 with the step-by-step recursion S_t = J_t ⊙ S_{t-1} + local_t."""
+    batch, steps, num_gates, hidden = d_pre.shape
+    if sens0 is None:
+        sens = {"weight_ih": x.new_zeros(batch, num_gates * hidden, x.shape[-1])}
+        sens.update({name: torch.zeros_like(d[:, 0]) for name, d in d_params.items()})
+    else:
+        sens = {name: s.clone() for name, s in sens0.items()}
+    for t in range(steps):
+        j = jacobian[:, t]
+        weight = _as_gates(sens["weight_ih"], num_gates)
+        weight.mul_(j[:, None, :, None]).add_(d_pre[:, t, :, :, None] * x[:, t, None, None, :])
+        for name, d in d_params.items():
+            s = sens[name]
+            s.mul_(_broadcast_units(j, s, 1)).add_(d[:, t])
+        yield t, sens
+
+
+def carry_sensitivities_stepwise(jacobian, d_pre, d_params, x, sens0) -> dict[str, Tensor]:
+    """S_T by the step-by-step recursion (the paper's form): T passes over [B, K*N, D]."""
+    sens = None
+    for _, current in _stepwise_sensitivities(jacobian, d_pre, d_params, x, sens0):
+        sens = current
+    return sens
+
+
+class _ElementwiseRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, mode, track, names, x, keep, c0, weight_ih, *rest):
+        params = dict(zip(names, rest[: len(names)]))
+        sens0 = dict(zip(("weight_ih", *names), rest[len(names) :])) or None
+        batch, steps, _ = x.shape
+        pre = (x @ weight_ih.t()).view(batch, steps, cell.num_gates, cell.hidden_size)
+        c_seq = unroll(cell, pre, c0, keep, params)
+        c_prev = previous_states(c0, c_seq, keep)
+        jacobian, d_pre, d_params = cell.local_derivatives(pre, c_prev, params)
+        jacobian = jacobian * keep.unsqueeze(-1)
+        d_params = {name: d.expand(batch, steps, *params[name].shape) for name, d in d_params.items()}
+
+        sens = ()
+        if track:
+            carry = carry_sensitivities_stepwise if mode == "rtrl_stepwise" else carry_sensitivities_segment
+            new = carry(jacobian, d_pre, d_params, x, sens0)
+            sens = tuple(new[name] for name in ("weight_ih", *names))
+            ctx.mark_non_differentiable(*sens)
+
+        ctx.mode, ctx.names = mode, names
+        ctx.has_sens0 = sens0 is not None
+        ctx.save_for_backward(x, weight_ih, jacobian, d_pre, *d_params.values(), *rest[len(names) :])
+        return (c_seq, *sens)
+
+    @staticmethod
+    def backward(ctx, grad_c, *_unused):
+        mode, names = ctx.mode, ctx.names
+        x, weight_ih, jacobian, d_pre, *saved = ctx.saved_tensors
+        d_params = dict(zip(names, saved[: len(names)]))
+        sens0 = dict(zip(("weight_ih", *names), saved[len(names) :])) if ctx.has_sens0 else None
+        batch, steps, num_gates, hidden = d_pre.shape
+        if grad_c is None:
+            grad_c = jacobian.new_zeros(batch, steps, hidden)
+
+        # In-segment BPTT: δ_t = g_t + J_{t+1} ⊙ δ_{t+1}.
+        delta = torch.empty_like(grad_c)
+        d = grad_c[:, -1]
+        delta[:, -1] = d
+        for t in range(steps - 2, -1, -1):
+            d = torch.addcmul(grad_c[:, t], jacobian[:, t + 1], d)
+            delta[:, t] = d
+        grad_c0 = jacobian[:, 0] * delta[:, 0]
+        grad_pre = (delta.unsqueeze(2) * d_pre).reshape(batch, steps, num_gates * hidden)
+        grad_x = grad_pre @ weight_ih if ctx.needs_input_grad[4] else None
+
+        if mode == "rtrl_stepwise":
+            grad_w = torch.zeros_like(weight_ih)
+            grad_params = {name: torch.zeros_like(d[0, 0]) for name, d in d_params.items()}
+            for t, sens in _stepwise_sensitivities(jacobian, d_pre, d_params, x, sens0):
+                e = grad_c[:, t]
+                grad_w += torch.einsum("bn,bknd->knd", e, _as_gates(sens["weight_ih"], num_gates)).reshape(
+                    grad_w.shape
+                )
+                for name in d_params:
+                    grad_params[name] += (_broadcast_units(e, sens[name], 1) * sens[name]).sum(0)
+        else:
+            grad_w = grad_pre.reshape(batch * steps, -1).t() @ x.reshape(batch * steps, -1)
+            grad_params = {
+                name: (_broadcast_units(delta, d, 2) * d).sum((0, 1)) for name, d in d_params.items()
+            }
+            if mode == "rtrl" and sens0 is not None:
+                grad_w += torch.einsum(
+                    "bn,bknd->knd", grad_c0, _as_gates(sens0["weight_ih"], num_gates)
+                ).reshape(grad_w.shape)
+                for name in d_params:
+                    grad_params[name] += (_broadcast_units(grad_c0, sens0[name], 1) * sens0[name]).sum(0)
+
+        n_sens = len(saved) - len(names)
+        return (
+            None, None, None, None,  # cell, mode, track, names
+            grad_x, None, grad_c0, grad_w,
+            *(grad_params[name] for name in names),
+            *([None] * n_sens),
+        )  # fmt: skip
+
+
+def elementwise_recurrence(
+    cell: ElementwiseCell,
+    x: Tensor,
+    c0: Tensor,
+    keep: Tensor,
+    sensitivities: dict[str, Tensor] | None = None,
+    gradient: GradientMode = "rtrl",
+    track_sensitivities: bool = True,
+) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """Run ``cell`` over a segment with the chosen gradient; functional form (no input checks).
+
+    Args:
+        cell: the element-wise cell (its parameters receive the gradients).
+        x: inputs, [B, T, D].
+        c0: carried state, [B, N] (treated as a constant by the RTRL modes).
+        keep: [B, T], 0 where an episode starts at step t (state and sensitivities reset), else 1.
+        sensitivities: S_0 by parameter name, each [B, *param.shape]; None means zeros.
+        gradient: ``"rtrl"``, ``"rtrl_stepwise"`` or ``"tbptt"``.
+        track_sensitivities: compute S_T (ignored for ``"tbptt"``).
+    Returns:
+        c [B, T, N], and S_T by parameter name (None when not tracked).
+    """
+    names = tuple(cell.recurrent_parameter_names)
+    params = cell.recurrent_parameters()
+    track = track_sensitivities and gradient != "tbptt"
+    if not torch.is_grad_enabled() and not track:
+        # Acting: no graph, no local derivatives, no sensitivities.
+        pre = (x @ cell.weight_ih.t()).view(x.shape[0], x.shape[1], cell.num_gates, cell.hidden_size)
+        return unroll(cell, pre, c0, keep, params), None
+    sens0 = (
+        ()
+        if sensitivities is None or gradient == "tbptt"
+        else tuple(sensitivities[name] for name in ("weight_ih", *names))
+    )
+    outputs = _ElementwiseRecurrence.apply(
+        cell, gradient, track, names, x, keep, c0, cell.weight_ih, *params.values(), *sens0
+    )
+    c_seq = outputs[0]
+    if not track:
+        return c_seq, None
+    return c_seq, dict(zip(("weight_ih", *names), outputs[1:]))
