@@ -66,15 +66,15 @@ def carry_sensitivities_segment(
     suffix = jacobian.flip(1).cumprod(1).flip(1)  # Π_{j ≥ t} J_j
     after = torch.cat((suffix[:, 1:], torch.ones_like(suffix[:, :1])), dim=1)  # A_{t+1:T}
     total = suffix[:, 0]  # A_{1:T}
-    weights = (d_pre * after.unsqueeze(2)).reshape(batch, steps, num_gates * hidden)
-    sens = {"weight_ih": torch.bmm(weights.transpose(1, 2), x)}  # [B, K*N, D]
+    weights = (d_pre * after.unsqueeze(2)).reshape(batch, steps, num_gates * hidden).transpose(1, 2)
+    if sens0 is None:
+        sens = {"weight_ih": torch.bmm(weights, x)}  # [B, K*N, D]
+    else:  # A_{1:T} ⊙ S_0, then the GEMM accumulates into it: two passes over [B, K*N, D]
+        carried = _as_gates(sens0["weight_ih"], num_gates) * total[:, None, :, None]
+        sens = {"weight_ih": carried.view_as(sens0["weight_ih"]).baddbmm_(weights, x)}
     for name, d in d_params.items():
         sens[name] = (d * _broadcast_units(after, d, 2)).sum(1)
-    if sens0 is not None:
-        _as_gates(sens["weight_ih"], num_gates).add_(
-            total[:, None, :, None] * _as_gates(sens0["weight_ih"], num_gates)
-        )
-        for name in d_params:
+        if sens0 is not None:
             sens[name] += _broadcast_units(total, sens0[name], 1) * sens0[name]
     return sens
 

@@ -1,0 +1,125 @@
+"""Benchmark of the RTRL core: forward + backward of one segment, per gradient mode.
+
+    .venv/bin/python benchmarks/bench_core.py                # paper sizes (B=32, D=257)
+    .venv/bin/python benchmarks/bench_core.py --quick        # small smoke run
+
+Prints, for each (N, T), the median wall time of forward + backward of one segment (loss on every
+output) for "rtrl", "rtrl_stepwise" and "tbptt", measured interleaved in one process (the machines
+are noisy, so the ratios matter), and memory: bytes autograd keeps for backward and bytes of the
+carried state (with CUDA: peak allocated memory as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+import rtrl_modules as rm
+
+MODES = ("rtrl", "rtrl_stepwise", "tbptt")
+
+
+def saved_bytes(fn) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def state_bytes(state) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values(include_nested=True, leaves_only=True))
+
+
+def bench(batch: int, hidden: int, inputs: int, steps: int, reps: int, device: str) -> dict[str, dict]:
+    torch.manual_seed(0)
+    core = rm.ELSTM(inputs, hidden).to(device)
+    x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
+    weights = torch.randn(batch, steps, hidden, device=device)
+    state = core.initial_state(batch, device=device)
+    _, state = core(x.detach(), state)  # non-zero carried sensitivities
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def segment(mode):
+        out, new_state = core(x, state, gradient=mode)
+        (out * weights).sum().backward()
+        return new_state
+
+    times = {m: [] for m in MODES}
+    for _ in range(2):  # warm-up
+        for mode in MODES:
+            segment(mode)
+    for _ in range(reps):
+        for mode in MODES:  # interleaved, so drift in machine load hits every mode alike
+            core.zero_grad(set_to_none=True)
+            sync()
+            start = time.perf_counter()
+            segment(mode)
+            sync()
+            times[mode].append(time.perf_counter() - start)
+    results = {}
+    for mode in MODES:
+        core.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        kept = saved_bytes(lambda mode=mode: (core(x, state, gradient=mode)[0] * weights).sum())
+        new_state = segment(mode)
+        results[mode] = {
+            "time": statistics.median(times[mode]),
+            "saved": kept,
+            "state": state_bytes(new_state),
+            "peak": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--inputs", type=int, default=257)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 50, 100])
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repetitions")
+    args = parser.parse_args()
+    if args.quick:
+        args.hidden, args.steps, args.reps, args.batch = [32], [5, 20], 3, 4
+
+    print(
+        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {args.device}"
+    )
+    print(f"# B={args.batch}, D={args.inputs}, median of {args.reps} interleaved repetitions\n")
+    print(
+        "| N | T | tbptt ms | rtrl ms | stepwise ms | rtrl / tbptt | stepwise / rtrl "
+        "| kept for backward MB (rtrl / tbptt) | carried state MB (rtrl / tbptt) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for hidden in args.hidden:
+        for steps in args.steps:
+            r = bench(args.batch, hidden, args.inputs, steps, args.reps, args.device)
+            mb = 1 / 2**20
+            print(
+                f"| {hidden} | {steps} | {r['tbptt']['time'] * 1e3:.1f} | {r['rtrl']['time'] * 1e3:.1f} "
+                f"| {r['rtrl_stepwise']['time'] * 1e3:.1f} | {r['rtrl']['time'] / r['tbptt']['time']:.2f} "
+                f"| {r['rtrl_stepwise']['time'] / r['rtrl']['time']:.2f} "
+                f"| {r['rtrl']['saved'] * mb:.1f} / {r['tbptt']['saved'] * mb:.1f} "
+                f"| {r['rtrl']['state'] * mb:.2f} / {r['tbptt']['state'] * mb:.3f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

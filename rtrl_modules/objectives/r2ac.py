@@ -1,0 +1,173 @@
+"""R2AC: IMPALA's V-trace actor-critic whose recurrent core is trained by RTRL (Irie et al. 2024, §4).
+
+The loss runs the agent network **once** over the [B, T] segment (in TorchRL's recurrent mode, so
+an RTRL module consumes the whole segment, carries its sensitivities and gives exact, untruncated
+gradients), bootstraps from the value of the observation after the segment, and returns
+
+    loss_objective = −Σ_t log π(a_t | x_≤t) · ρ̄_t (r_t + γ_t v_{t+1} − V(x_t))       (advantage detached)
+    loss_critic    = baseline_cost · ½ Σ_t (v_t − V(x_t))²                           (v_t: V-trace target)
+    loss_entropy   = −entropy_cost · Σ_t H(π(· | x_≤t))
+
+with V-trace targets v_t from TorchRL's ``vtrace_advantage_estimate``, γ_t = 0 after an episode
+end (IMPALA/torchbeast: a truncated episode is cut like a terminated one), rewards optionally
+clipped, and the sums over batch and time (``reduction="sum"``, the paper's) or means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torchrl.modules import set_recurrent_mode
+from torchrl.objectives import LossModule
+from torchrl.objectives.value.functional import vtrace_advantage_estimate
+
+REDUCTIONS = ("sum", "mean")
+
+
+class R2ACLoss(LossModule):
+    """V-trace actor-critic loss over one training segment, for an RTRL (or any) recurrent agent.
+
+    Args:
+        agent_network: a TensorDict module that, given a [B, T] segment, writes
+            ``logits`` [B, T, A] and ``state_value`` [B, T, 1] (one call, shared trunk).
+        gamma: discount γ.
+        rho_thresh, c_thresh: V-trace clipping thresholds ρ̄ and c̄.
+        entropy_cost, baseline_cost: weights of the entropy bonus and the value loss.
+        reward_clip: clip rewards to [−reward_clip, reward_clip]; None keeps them raw.
+        reduction: ``"sum"`` over batch and time (paper, torchbeast) or ``"mean"``.
+
+    The input segment is what a TorchRL ``Collector`` returns, [B, T]: observations, ``action``
+    (integer index), the behaviour log-probability (``sample_log_prob``), ``is_init`` and the
+    recurrent state keys at the root, and ``("next", ...)`` with ``reward``, ``done`` and the next
+    observation. If the ``mask`` key is present (False on envpool's reset transitions), masked steps
+    contribute nothing.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Input and output keys; change them with :meth:`set_keys`."""
+
+        action: NestedKey = "action"
+        sample_log_prob: NestedKey = "sample_log_prob"
+        logits: NestedKey = "logits"
+        value: NestedKey = "state_value"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        mask: NestedKey = "mask"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+
+    def __init__(
+        self,
+        agent_network: TensorDictModuleBase,
+        *,
+        gamma: float = 0.99,
+        rho_thresh: float = 1.0,
+        c_thresh: float = 1.0,
+        entropy_cost: float = 0.01,
+        baseline_cost: float = 0.5,
+        reward_clip: float | None = 1.0,
+        reduction: str = "sum",
+    ) -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; valid choices are {', '.join(REDUCTIONS)}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if reward_clip is not None and reward_clip <= 0:
+            raise ValueError(f"reward_clip must be positive or None, got {reward_clip}")
+        self.agent_network = agent_network
+        self.gamma, self.rho_thresh, self.c_thresh = gamma, rho_thresh, c_thresh
+        self.entropy_cost, self.baseline_cost = entropy_cost, baseline_cost
+        self.reward_clip, self.reduction = reward_clip, reduction
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = self.tensor_keys
+        self.in_keys = [
+            *self.agent_network.in_keys,
+            keys.action,
+            keys.sample_log_prob,
+            ("next", keys.reward),
+            ("next", keys.done),
+            *[("next", k) for k in self.agent_network.in_keys],
+        ]
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        self._set_in_keys()
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_objective", "loss_critic", "loss_entropy", "entropy", "advantage_mean"]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        keys = self.tensor_keys
+        if tensordict.batch_dims != 2:
+            raise ValueError(
+                "R2ACLoss expects a [B, T] segment (batch, time); "
+                f"got batch_size {tuple(tensordict.batch_size)}"
+            )
+        for key in (keys.action, keys.sample_log_prob, ("next", keys.reward), ("next", keys.done)):
+            if key not in tensordict.keys(include_nested=True):
+                raise KeyError(
+                    f"the segment has no {key!r} entry; keys are {sorted(map(str, tensordict.keys()))}"
+                )
+
+        with set_recurrent_mode(True):
+            out = self.agent_network(tensordict.select(*self.agent_network.in_keys, strict=False))
+            with torch.no_grad():  # value of the observation after the segment (no gradient, no RTRL carry)
+                last = tensordict["next"][:, -1:].select(*self.agent_network.in_keys, strict=False)
+                bootstrap = self.agent_network(last).get(keys.value)
+        logits, value = out.get(keys.logits), out.get(keys.value)
+        return self.loss_from_outputs(tensordict, logits, value, bootstrap)
+
+    def loss_from_outputs(
+        self, tensordict: TensorDictBase, logits: torch.Tensor, value: torch.Tensor, bootstrap: torch.Tensor
+    ) -> TensorDict:
+        """The loss given the agent's outputs: logits [B, T, A], value [B, T, 1], bootstrap [B, 1, 1]."""
+        keys = self.tensor_keys
+        reward = tensordict.get(("next", keys.reward)).to(value.dtype).view_as(value)
+        if self.reward_clip is not None:
+            reward = reward.clamp(-self.reward_clip, self.reward_clip)
+        done = tensordict.get(("next", keys.done)).view_as(value).bool()
+        action = tensordict.get(keys.action)
+        if action.shape == logits.shape:  # one-hot actions
+            action = action.argmax(-1)
+        action = action.view(value.shape[:-1]).long()
+        mask = tensordict.get(keys.mask, None)
+        mask = torch.ones_like(value) if mask is None else mask.to(value.dtype).view_as(value)
+
+        log_probs = torch.log_softmax(logits, dim=-1)
+        log_pi = log_probs.gather(-1, action.unsqueeze(-1))  # [B, T, 1]
+        log_mu = tensordict.get(keys.sample_log_prob).to(value.dtype).view_as(value)
+        next_value = torch.cat((value[:, 1:].detach(), bootstrap.detach().view_as(value[:, :1])), dim=1)
+        # Constants as tensors of the values' dtype: TorchRL turns Python floats into float32 tensors,
+        # which would round γ, ρ̄ and c̄ in a float64 run.
+        gamma, rho_thresh, c_thresh = (
+            torch.tensor(v, dtype=value.dtype, device=value.device)
+            for v in (self.gamma, self.rho_thresh, self.c_thresh)
+        )
+        with torch.no_grad():
+            pg_advantage, vs = vtrace_advantage_estimate(
+                gamma, log_pi.detach(), log_mu, value.detach(), next_value, reward, done,
+                terminated=done, rho_thresh=rho_thresh, c_thresh=c_thresh, time_dim=-2,
+            )  # fmt: skip
+
+        entropy = -(log_probs.exp() * log_probs).sum(-1, keepdim=True)
+        reduce = torch.sum if self.reduction == "sum" else (lambda t: t.sum() / mask.sum().clamp_min(1))
+        return TensorDict(
+            {
+                "loss_objective": -reduce(mask * log_pi * pg_advantage),
+                "loss_critic": self.baseline_cost * 0.5 * reduce(mask * (vs - value).pow(2)),
+                "loss_entropy": -self.entropy_cost * reduce(mask * entropy),
+                "entropy": (mask * entropy).sum().detach() / mask.sum().clamp_min(1),
+                "advantage_mean": (mask * pg_advantage).sum() / mask.sum().clamp_min(1),
+            },
+            batch_size=[],
+        )
