@@ -25,8 +25,13 @@ class ELSTMCell(ElementwiseCell):
     num_gates = 2
     recurrent_parameter_names = ("weight_hh", "bias")
 
-    def __init__(self, input_size: int, hidden_size: int, output_gate: bool = True) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, output_gate: bool = True, forget_bias: float | None = None
+    ) -> None:
+        """``forget_bias``: initial b_f (None: uniform like the other weights); a large b_f (e.g. 3,
+        f ≈ 0.95) starts the cell with long memory, which helps on long credit spans."""
         super().__init__(input_size, hidden_size)
+        self.forget_bias = forget_bias
         self.weight_hh = nn.Parameter(torch.empty(2, hidden_size))
         self.bias = nn.Parameter(torch.empty(2, hidden_size))
         self.output_gate = nn.Linear(input_size + hidden_size, hidden_size) if output_gate else None
@@ -36,6 +41,9 @@ class ELSTMCell(ElementwiseCell):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in (self.weight_ih, self.weight_hh, self.bias):
             uniform_(p, bound)
+        if self.forget_bias is not None:
+            with torch.no_grad():
+                self.bias[1].fill_(self.forget_bias)
         if self.output_gate is not None:
             self.output_gate.reset_parameters()
 

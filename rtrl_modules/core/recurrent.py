@@ -225,9 +225,14 @@ class ELSTM(RTRLCore):
     """eLSTM core (Irie et al., 2024) trained by exact RTRL; ``out`` is h_t = σ(O[x; c]) ⊙ c_t."""
 
     def __init__(
-        self, input_size: int, hidden_size: int, output_gate: bool = True, gradient: GradientMode = "rtrl"
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_gate: bool = True,
+        gradient: GradientMode = "rtrl",
+        forget_bias: float | None = None,
     ) -> None:
-        super().__init__(ELSTMCell(input_size, hidden_size, output_gate=output_gate), gradient)
+        super().__init__(ELSTMCell(input_size, hidden_size, output_gate, forget_bias), gradient)
 
 
 class IndRNN(RTRLCore):

@@ -1,0 +1,25 @@
+"""The limits of exact RTRL made measurable (paper §5): dense references and a practical approximation.
+
+* :class:`FullyRecurrentRNN`: exact RTRL of a fully recurrent tanh RNN, O(N³) memory, O(N⁴) time.
+* :class:`StackedELSTM`: an eLSTM stack with exact multi-layer RTRL (L(L+1)/2 blocks, the
+  cross-layer ones dense) or the practical per-layer mode ``"rtrl_local"``.
+* :func:`gradient_fidelity` / :func:`fidelity_sweep`: the practical mode's gradient vs full BPTT.
+"""
+
+from .fidelity import bptt_rnn, bptt_stacked, compare, fidelity_sweep, gradient_fidelity, probe_loss
+from .fully_recurrent import FullyRecurrentRNN
+from .functional import inject_sensitivities, rnn_sensitivity_step
+from .stacked import StackedELSTM
+
+__all__ = [
+    "FullyRecurrentRNN",
+    "StackedELSTM",
+    "gradient_fidelity",
+    "fidelity_sweep",
+    "compare",
+    "probe_loss",
+    "bptt_rnn",
+    "bptt_stacked",
+    "inject_sensitivities",
+    "rnn_sensitivity_step",
+]

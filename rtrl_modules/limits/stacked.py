@@ -1,0 +1,294 @@
+"""A stack of eLSTM layers with exact multi-layer RTRL, or the practical per-layer approximation.
+
+Layer l (0-based) maps h_{l-1} (h_{-1} = x) to c_l and h_l = σ(O_l [h_{l-1}; c_l] + b_o) ⊙ c_l.
+The stack's state depends on every lower layer's parameters, so exact RTRL needs, per layer l,
+
+* the element-wise block ∂c_l/∂θ_l (the core's compact sensitivities, [B, *param.shape]) and
+* one dense cross-layer block ∂c_l/∂θ_m [B, N_l, P_m] per lower layer m < l, where θ_m is the
+  layer's recurrent parameters plus its output gate (which feeds layer m+1 through time),
+
+L(L+1)/2 blocks in all (paper §5). With N_l = N and D ≈ N a cross block is N³ numbers and its
+update costs N⁴ per step, like a fully recurrent RNN.
+
+    stack = StackedELSTM(input_size=4, hidden_sizes=[8, 8])
+    state = stack.initial_state(B)            # ("layer{l}", "c"), ("layer{l}", "sensitivity", name),
+                                              # ("layer{l}", "cross", "layer{m}")  for m < l
+    out, state = stack(x, state, is_init=is_init, gradient="rtrl")      # out = h_{L-1} [B, T, N]
+    loss(out).backward()
+
+Gradient modes:
+
+* ``"rtrl"``: exact. The segment is unrolled with plain autograd (in-segment BPTT through the
+  whole stack) and every carried block is injected on backward by
+  :func:`~rtrl_modules.limits.functional.inject_sensitivities`; blocks are carried by the
+  step-by-step recursion (no autograd). Equals full BPTT.
+* ``"rtrl_local"``: the practical mode. Each layer is an ordinary :class:`rtrl_modules.ELSTM`
+  core trained by RTRL on its own parameters (O(N·D) per layer); lower layers get their error
+  through the layers above by BPTT inside the segment only. The cross-layer temporal terms
+  carried across segments are dropped, so with one-step segments (fully online learning) every
+  cross-layer temporal term is dropped. ``lower_gradient="tbptt"`` truncates the lower layers'
+  gradients at the segment instead (no sensitivities for them).
+* ``"tbptt"``: every layer truncated at the segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from ..core import ELSTM
+from ._common import check_input, check_mode, check_state, keep_mask
+from .functional import (
+    compact_to_dense,
+    contract_compact,
+    contract_dense,
+    diagonal_to_dense,
+    inject_sensitivities,
+    output_gate_derivatives,
+    unit_index,
+)
+
+MODES: tuple[str, ...] = ("rtrl", "rtrl_local", "tbptt")
+STATE_KEY, SENSITIVITY_KEY, CROSS_KEY = "c", "sensitivity", "cross"
+
+
+def _layer(l: int) -> str:
+    return f"layer{l}"
+
+
+class StackedELSTM(nn.Module):
+    """L eLSTM layers (each an :class:`rtrl_modules.ELSTM` core) with exact or per-layer RTRL.
+
+    Args:
+        input_size: D.
+        hidden_sizes: N_l per layer (its length is the depth L).
+        output_gate: eLSTM output gates (h = σ(O[x; c]) ⊙ c); without, h = c.
+        gradient: default mode, ``"rtrl"`` (exact), ``"rtrl_local"`` (practical) or ``"tbptt"``.
+        lower_gradient: in ``"rtrl_local"``, ``"rtrl"`` or ``"tbptt"`` for layers below the top.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int],
+        output_gate: bool = True,
+        gradient: str = "rtrl",
+        lower_gradient: str = "rtrl",
+    ) -> None:
+        super().__init__()
+        if len(hidden_sizes) == 0:
+            raise ValueError("hidden_sizes must name at least one layer")
+        self.gradient = check_mode(gradient, MODES)
+        self.lower_gradient = check_mode(lower_gradient, ("rtrl", "tbptt"))
+        sizes = [input_size, *hidden_sizes]
+        self.layers = nn.ModuleList(
+            ELSTM(sizes[i], sizes[i + 1], output_gate=output_gate) for i in range(len(hidden_sizes))
+        )
+        self.input_size, self.hidden_sizes = input_size, list(hidden_sizes)
+        self.output_size = hidden_sizes[-1]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # ----------------------------------------------------------------------------- parameter sets
+    def _recurrent(self, l: int) -> list[Tensor]:
+        """θ_l trained by layer l's own element-wise RTRL block (weight_ih, weight_hh, bias)."""
+        return list(self.layers[l].cell.rtrl_parameters().values())
+
+    def _theta(self, l: int) -> list[Tensor]:
+        """θ_l as seen by the layers above: recurrent parameters plus the output gate."""
+        gate = self.layers[l].cell.output_gate
+        return self._recurrent(l) + ([] if gate is None else [gate.weight, gate.bias])
+
+    def _units(self, l: int, with_gate: bool) -> Tensor:
+        """Hidden unit of every entry of θ_l (flattened), [P_l]."""
+        n = self.hidden_sizes[l]
+        params = self._theta(l) if with_gate else self._recurrent(l)
+        dims = [0, 1, 1, 0, 0][: len(params)]  # weight_ih rows, [2, N] stacks, gate rows, gate bias
+        return torch.cat([unit_index(p.shape, n, d) for p, d in zip(params, dims)]).to(params[0].device)
+
+    def cross_shapes(self) -> dict[tuple[int, int], torch.Size]:
+        """(l, m) → per-example shape [N_l, P_m] of the dense block ∂c_l/∂θ_m, m < l."""
+        sizes = [sum(p.numel() for p in self._theta(m)) for m in range(self.num_layers)]
+        return {
+            (l, m): torch.Size((self.hidden_sizes[l], sizes[m]))
+            for l in range(self.num_layers)
+            for m in range(l)
+        }
+
+    def initial_state(
+        self, batch_size: int, sensitivities: bool = True, cross: bool | None = None
+    ) -> TensorDict:
+        """Zero state; ``cross`` (default: when the default mode is exact) adds the dense blocks."""
+        cross = self.gradient == "rtrl" if cross is None else cross
+        state = TensorDict(
+            {_layer(l): core.initial_state(batch_size, sensitivities) for l, core in enumerate(self.layers)},
+            batch_size=[batch_size],
+        )
+        if sensitivities and cross:
+            ref = self.layers[0].cell.weight_ih
+            for (l, m), shape in self.cross_shapes().items():
+                state[_layer(l), CROSS_KEY, _layer(m)] = ref.new_zeros(batch_size, *shape)
+        return state
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: Tensor,
+        state: TensorDict | None = None,
+        is_init: Tensor | None = None,
+        gradient: str | None = None,
+    ) -> tuple[Tensor, TensorDict]:
+        """x [B, T, D] → (h of the top layer [B, T, N_{L-1}], detached new state)."""
+        gradient = check_mode(self.gradient if gradient is None else gradient, MODES)
+        if gradient == "rtrl":
+            return self._forward_exact(x, state, is_init)
+        inp, new = x, {}
+        for l, core in enumerate(self.layers):
+            lower = l < self.num_layers - 1
+            mode = "tbptt" if gradient == "tbptt" or (lower and self.lower_gradient == "tbptt") else "rtrl"
+            sub = None if state is None else state.get(_layer(l))
+            inp, new[_layer(l)] = core(inp, sub, is_init=is_init, gradient=mode)
+        return inp, TensorDict(new, batch_size=[x.shape[0]])
+
+    def _forward_exact(self, x: Tensor, state: TensorDict | None, is_init: Tensor | None):
+        x = check_input(x, self.input_size, self.layers[0].cell.weight_ih.dtype)
+        batch, steps, _ = x.shape
+        keep = keep_mask(is_init, x)
+        track = torch.is_grad_enabled()
+        if state is None:
+            state = self.initial_state(batch, sensitivities=False)
+        c0 = [check_state(state, (_layer(l), STATE_KEY), (batch, n)) for l, n in enumerate(self.hidden_sizes)]
+        carried = self._carried(state, batch, keep) if track else None
+        if carried is not None:
+            own0, cross0 = carried
+            for l in range(self.num_layers):
+                c0[l] = self._inject(l, c0[l], own0[l], cross0)
+
+        # In-segment unroll with plain autograd (BPTT through the whole stack inside the segment).
+        inp, trace = x, []
+        for l, core in enumerate(self.layers):
+            cell = core.cell
+            pre = (inp @ cell.weight_ih.t()).view(batch, steps, cell.num_gates, cell.hidden_size)
+            c, cs = c0[l], []
+            for t in range(steps):
+                c = cell.step(pre[:, t], c * keep[:, t, None], **cell.recurrent_parameters())
+                cs.append(c)
+            c_seq = torch.stack(cs, dim=1)
+            trace.append((inp.detach(), pre.detach(), c_seq.detach()))
+            inp = cell.output(inp, c_seq)
+
+        new = TensorDict(
+            {_layer(l): {STATE_KEY: tr[2][:, -1]} for l, tr in enumerate(trace)}, batch_size=[batch]
+        )
+        if track:
+            with torch.no_grad():
+                own, cross = self._carry(trace, [c.detach() for c in c0], keep, carried)
+            for l in range(self.num_layers):
+                names = self.layers[l].cell.rtrl_parameters()
+                sizes = [p.numel() for p in names.values()]
+                for (name, p), s in zip(names.items(), own[l].split(sizes, dim=1)):
+                    new[_layer(l), SENSITIVITY_KEY, name] = s.reshape(batch, *p.shape)
+                for m in range(l):
+                    new[_layer(l), CROSS_KEY, _layer(m)] = cross[l][m]
+        return inp, new
+
+    # ----------------------------------------------------------------------------- sensitivities
+    def _carried(self, state: TensorDict, batch: int, keep: Tensor):
+        """(own [l] flat [B, P_rec_l], cross [l][m] [B, N_l, P_m]) from the state, or None if all start."""
+        try:
+            own = []
+            for l, core in enumerate(self.layers):
+                shapes = core.sensitivity_shapes()
+                parts = [
+                    check_state(state, (_layer(l), SENSITIVITY_KEY, n), (batch, *s)).reshape(batch, -1)
+                    for n, s in shapes.items()
+                ]
+                own.append(torch.cat(parts, dim=1))
+            shapes = self.cross_shapes()
+            cross = [
+                [
+                    check_state(state, (_layer(l), CROSS_KEY, _layer(m)), (batch, *shapes[l, m]))
+                    for m in range(l)
+                ]
+                for l in range(self.num_layers)
+            ]
+        except KeyError:
+            if bool((keep[:, 0] == 0).all()):
+                return None  # every sequence starts an episode: zero sensitivities are exact
+            raise KeyError(
+                "gradient='rtrl' (exact) needs every layer's sensitivities and the dense cross-layer blocks; "
+                "create the state with initial_state(batch_size, cross=True) or start every sequence with "
+                "is_init=True"
+            ) from None
+        return own, cross
+
+    def _inject(self, l: int, c0: Tensor, own0: Tensor, cross0: list[list[Tensor]]) -> Tensor:
+        """c0 of layer l, wired so that backward adds Σ_b (∂L/∂c0) · (own + cross blocks)."""
+        groups = [self._recurrent(l)] + [self._theta(m) for m in range(l)]
+        units = self._units(l, with_gate=False)
+
+        def pullback(g: Tensor) -> list[Tensor]:
+            flats = [contract_compact(g, own0, units)] + [contract_dense(g, cross0[l][m]) for m in range(l)]
+            grads = []
+            for params, flat in zip(groups, flats):
+                parts = flat.split([p.numel() for p in params])
+                grads += [part.view_as(p) for part, p in zip(parts, params)]
+            return grads
+
+        return inject_sensitivities(c0, [p for params in groups for p in params], pullback)
+
+    def _carry(self, trace, c0: list[Tensor], keep: Tensor, carried):
+        """Run the exact recursion of all L(L+1)/2 blocks over the segment; returns (own, cross) at T."""
+        batch, steps = keep.shape
+        L = self.num_layers
+        shapes = self.cross_shapes()
+        if carried is None:
+            own = [x.new_zeros(batch, sum(p.numel() for p in self._recurrent(l))) for l, x in enumerate(c0)]
+            cross = [[c0[l].new_zeros(batch, *shapes[l, m]) for m in range(l)] for l in range(L)]
+        else:
+            own, cross = [s.clone() for s in carried[0]], [[s.clone() for s in row] for row in carried[1]]
+        units = [self._units(l, with_gate=False) for l in range(L)]
+        gate_units = [self._units(l, with_gate=True)[units[l].numel() :] for l in range(L)]
+
+        local = []  # per layer: J [B, T, N] (cut at episode starts), d_pre [B, T, K, N], d_params
+        for l, (_inp, pre, c_seq) in enumerate(trace):
+            cell = self.layers[l].cell
+            c_prev = torch.cat((c0[l].unsqueeze(1), c_seq[:, :-1]), dim=1) * keep.unsqueeze(-1)
+            params = {n: p.detach() for n, p in cell.recurrent_parameters().items()}
+            jac, d_pre, d_params = cell.local_derivatives(pre, c_prev, params)
+            local.append((jac * keep.unsqueeze(-1), d_pre, d_params))
+
+        for t in range(steps):
+            grads_h: list[Tensor] = []  # dense dh_{l-1,t}/dθ_m for m < l
+            for l, (inp, _pre, c_seq) in enumerate(trace):
+                cell = self.layers[l].cell
+                jac, d_pre_seq, d_params = local[l]
+                j, d_pre = jac[:, t], d_pre_seq[:, t]
+                immediate = [(d_pre.unsqueeze(-1) * inp[:, t, None, None, :]).reshape(batch, -1)]
+                immediate += [d[:, t].reshape(batch, -1) for d in d_params.values()]
+                own[l] = j[:, units[l]] * own[l] + torch.cat(immediate, dim=1)
+                if l > 0:  # ∂c_l/∂h_{l-1} = Σ_k diag(d_pre_k) W_k, [B, N_l, N_{l-1}]
+                    dc_dinp = (
+                        d_pre.unsqueeze(-1) * cell.weight_ih.view(cell.num_gates, cell.hidden_size, -1)
+                    ).sum(1)
+                    for m in range(l):
+                        cross[l][m] = j.unsqueeze(-1) * cross[l][m] + dc_dinp @ grads_h[m]
+                if l < L - 1:
+                    dh_dc, dh_dinp, gate_imm = output_gate_derivatives(
+                        cell.output_gate, inp[:, t], c_seq[:, t]
+                    )
+                    new = [dh_dc @ cross[l][m] + dh_dinp @ grads_h[m] for m in range(l)]
+                    own_dense = compact_to_dense(dh_dc, own[l], units[l])
+                    if gate_imm is not None:
+                        gate_dense = diagonal_to_dense(gate_imm, gate_units[l], cell.hidden_size)
+                        own_dense = torch.cat((own_dense, gate_dense), dim=-1)
+                    grads_h = new + [own_dense]
+        return own, cross
+
+    def extra_repr(self) -> str:
+        return f"gradient={self.gradient!r}, lower_gradient={self.lower_gradient!r}"
