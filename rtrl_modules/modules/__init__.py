@@ -1,0 +1,25 @@
+"""TorchRL modules: RTRL cores as drop-in ``LSTMModule`` replacements, baselines and the paper's agent."""
+
+from .agent import Agent, ConcatPrevReward, ImpalaStem, MLPStem, PreviousReward, load_stem, make_agent
+from .baselines import RECURRENT_KINDS, FeedForwardModule, make_recurrent_module
+from .carry import CarriedSensitivities
+from .recurrent import ELSTMModule, IndRNNModule, LRUModule, RTRLModule, SRUModule
+
+__all__ = [
+    "Agent",
+    "ConcatPrevReward",
+    "ImpalaStem",
+    "MLPStem",
+    "PreviousReward",
+    "load_stem",
+    "make_agent",
+    "RECURRENT_KINDS",
+    "CarriedSensitivities",
+    "ELSTMModule",
+    "FeedForwardModule",
+    "IndRNNModule",
+    "LRUModule",
+    "RTRLModule",
+    "SRUModule",
+    "make_recurrent_module",
+]

@@ -1,0 +1,79 @@
+"""One switch between the RTRL core and its baselines (DESIGN §5), all behind the same keys.
+
+    core = make_recurrent_module("rtrl", input_size=257, hidden_size=256, in_key="embed", out_key="features")
+
+=================  ==============================================================  =====================
+kind               module                                                          state key(s)
+=================  ==============================================================  =====================
+``"rtrl"``         :class:`ELSTMModule`, exact RTRL (segment form)                 ``recurrent_state``
+``"rtrl_stepwise"``  :class:`ELSTMModule`, exact RTRL (paper's step recursion)     ``recurrent_state``
+``"tbptt"``        :class:`ELSTMModule`, gradient truncated at the segment start   ``recurrent_state``
+``"lstm"``         ``torchrl.modules.LSTMModule`` (TBPTT)                          ``recurrent_state_h/c``
+``"feedforward"``  :class:`FeedForwardModule`: Linear + ReLU, no recurrent state   none
+=================  ==============================================================  =====================
+
+Every kind reads ``in_key`` [*, input_size] and writes ``out_key`` [*, hidden_size].
+"""
+
+from __future__ import annotations
+
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import nn
+
+from .recurrent import ELSTMModule
+
+RECURRENT_KINDS: tuple[str, ...] = ("rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward")
+
+
+class FeedForwardModule(TensorDictModuleBase):
+    """Feed-forward baseline core: ``out = ReLU(W x + b)`` [*, hidden_size]; no state, no primer."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, in_key: NestedKey, out_key: NestedKey) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.net = nn.Sequential(nn.Linear(input_size, hidden_size), nn.ReLU())
+        self.in_keys, self.out_keys = [in_key], [out_key]
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if self.in_keys[0] not in tensordict.keys(include_nested=True):
+            raise KeyError(f"FeedForwardModule: input key {self.in_keys[0]!r} not found in the tensordict")
+        return tensordict.set(self.out_keys[0], self.net(tensordict.get(self.in_keys[0])))
+
+
+def make_recurrent_module(
+    kind: str,
+    input_size: int,
+    hidden_size: int,
+    *,
+    in_key: NestedKey = "embed",
+    out_key: NestedKey = "features",
+    output_gate: bool = True,
+    **kwargs,
+) -> TensorDictModuleBase:
+    """Build the recurrent core of the given ``kind`` (one of :data:`RECURRENT_KINDS`).
+
+    Extra ``kwargs`` go to the module (e.g. ``slot_key`` for the eLSTM kinds).
+    """
+    if kind not in RECURRENT_KINDS:
+        raise ValueError(
+            f"unknown recurrent module kind {kind!r}; valid choices are {', '.join(RECURRENT_KINDS)}"
+        )
+    if kind in ("rtrl", "rtrl_stepwise", "tbptt"):
+        return ELSTMModule(
+            input_size,
+            hidden_size,
+            output_gate=output_gate,
+            gradient=kind,
+            in_key=in_key,
+            out_key=out_key,
+            **kwargs,
+        )
+    if kind == "lstm":
+        from torchrl.modules import LSTMModule
+
+        return LSTMModule(
+            input_size=input_size, hidden_size=hidden_size, in_key=in_key, out_key=out_key, **kwargs
+        )
+    return FeedForwardModule(input_size, hidden_size, in_key=in_key, out_key=out_key, **kwargs)
