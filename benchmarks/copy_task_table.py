@@ -1,0 +1,119 @@
+"""The copy-task truncation table (docs/copy_task.md): RTRL online vs full BPTT vs TBPTT (k < T).
+
+Each row is one ``python -m recipes fit`` run of a config in ``configs/copy_task/`` with a fixed
+update budget; the run stops early once all 1000 validation sequences are copied perfectly. Rows run
+``--jobs`` at a time, one thread each. The script prints a Markdown table and writes it, with the raw
+summaries, to ``--out``.
+
+    python benchmarks/copy_task_table.py --jobs 2 --out docs/copy_task_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# = recipes.copy_task.SUMMARY_PREFIX (not imported: keeps this script free of torch)
+PREFIX = "COPY_TASK_SUMMARY"
+
+
+@dataclass
+class Row:
+    label: str
+    config: str  # configs/copy_task/<config>.yaml
+    max_length: int  # T
+    max_steps: int  # update budget
+    segment_length: int | None = None
+
+    def command(self, log_dir: str | None = None) -> list[str]:
+        cmd = [
+            "python", "-m", "recipes", "fit", "--config", f"configs/copy_task/{self.config}.yaml",
+            f"--data.init_args.max_length={self.max_length}", f"--trainer.max_steps={self.max_steps}",
+        ]  # fmt: skip
+        if self.segment_length is not None:
+            cmd.append(f"--model.init_args.segment_length={self.segment_length}")
+        if log_dir is not None:  # keep table runs apart from interactive ones
+            csv = "lightning.pytorch.loggers.CSVLogger"
+            logger = f"[{{class_path: {csv}, init_args: {{save_dir: {log_dir}}}}}]"
+            cmd += [f"--trainer.default_root_dir={log_dir}", f"--trainer.logger={logger}"]
+        return cmd
+
+
+# Budgets (updates), sized for about two minutes of one CPU core per row; every config also caps a
+# run at 3 minutes of wall time (trainer.max_time), so on a busy machine a row may stop earlier
+# (the "used" column says where). Online RTRL makes ~2T-1 updates per batch of sequences.
+ROWS = [
+    Row("RTRL online", "rtrl_online", 10, 12_000),
+    Row("full BPTT", "bptt", 10, 2_000),
+    Row("TBPTT k=5", "tbptt", 10, 4_000, segment_length=5),
+    Row("RTRL online", "rtrl_online", 20, 16_000),
+    Row("full BPTT", "bptt", 20, 1_500),
+    Row("TBPTT k=10", "tbptt", 20, 3_000, segment_length=10),
+    Row("RTRL online", "rtrl_online", 50, 20_000),
+    Row("full BPTT", "bptt", 50, 800),
+    Row("TBPTT k=25", "tbptt", 50, 1_600, segment_length=25),
+]
+
+
+def run_row(row: Row, log_root: Path) -> dict:
+    name = f"{row.config}_T{row.max_length}" + (f"_k{row.segment_length}" if row.segment_length else "")
+    log_dir = log_root / name
+    cmd = row.command(str(log_dir))
+    cmd[0] = sys.executable
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"row {row.label} T={row.max_length} failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads(lines[-1][len(PREFIX) :])
+    summary["process_s"] = round(time.perf_counter() - start, 1)
+    print(f"done: {row.label} T={row.max_length}: {summary}", file=sys.stderr, flush=True)
+    return summary
+
+
+def markdown(rows: list[Row], summaries: list[dict]) -> str:
+    head = (
+        "| T | mode | val. seq. acc. | reached 100% at updates / sequences | budget (updates) "
+        "| used updates / sequences | wall s | command |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for row, s in zip(rows, summaries):
+        reached = "not reached"
+        if s["solved"]:
+            reached = f"{s['solved_at_update']:,} / {s['solved_at_sequences']:,}"
+        cmd = shlex.join(row.command())
+        lines.append(
+            f"| {row.max_length} | {row.label} | {100 * s['best_val_seq_acc']:.1f}% | {reached} "
+            f"| {row.max_steps:,} | {s['updates']:,} / {s['sequences']:,} | {s['wall_s']:.0f} | `{cmd}` |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    parser.add_argument("--jobs", type=int, default=2, help="rows run in parallel (one thread each)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "copy_task_table.md")
+    parser.add_argument("--log-root", type=Path, default=ROOT / "runs" / "copy_task_table")
+    parser.add_argument("--only-T", type=int, nargs="*", help="run only these T")
+    args = parser.parse_args()
+    rows = [r for r in ROWS if not args.only_T or r.max_length in args.only_T]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        summaries = list(pool.map(lambda r: run_row(r, args.log_root), rows))
+    table = markdown(rows, summaries)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    args.out.with_suffix(".json").write_text(json.dumps(summaries, indent=2))
+
+
+if __name__ == "__main__":
+    main()
