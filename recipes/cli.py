@@ -6,7 +6,7 @@ entry point serves every recipe (R2AC on the RL suites, the copy task, ...).
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 
@@ -14,7 +14,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (used by tests)."""
     return LightningCLI(
         LightningModule,
-        LightningDataModule,
+        None,  # the data module is optional: R2AC's data side is the module's own collector
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},

@@ -172,6 +172,26 @@ class DelayedCueEnv(EnvBase):
         if seed is not None:
             self._gen.manual_seed(seed)
 
+    def episode_state(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue the running episodes exactly (for checkpoints)."""
+        return {
+            "cue": self._cue.clone(),
+            "delay": self._delay.clone(),
+            "t": self._t.clone(),
+            "finished": self._finished.clone(),
+            "generator": self._gen.get_state(),
+        }
+
+    def load_episode_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`episode_state` returned."""
+        if state["cue"].shape != self._cue.shape:
+            raise ValueError(
+                f"episode state is for {state['cue'].shape[0]} envs, this env has {self._cue.shape[0]}"
+            )
+        for name in ("cue", "delay", "t", "finished"):
+            getattr(self, f"_{name}").copy_(state[name])
+        self._gen.set_state(state["generator"])
+
     def optimal_return(self) -> float:
         """Return of an agent that always answers right (1.0 for both tasks)."""
         return 1.0

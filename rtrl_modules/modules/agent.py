@@ -170,13 +170,15 @@ def load_stem(
 # ---------------------------------------------------------------------------------------------- agent
 @dataclass
 class Agent:
-    """The built agent: ``actor`` (ProbabilisticActor, Categorical) and ``critic`` share ``trunk``."""
+    """The built agent: ``actor`` (ProbabilisticActor, Categorical) and ``critic`` share ``trunk``;
+    ``network`` runs the trunk once and writes both ``logits`` and ``state_value`` (for ``R2ACLoss``)."""
 
     actor: TensorDictModuleBase
     critic: TensorDictSequential
     trunk: TensorDictSequential
     core: TensorDictModuleBase
     stem: nn.Module
+    network: TensorDictSequential
 
 
 def make_agent(
@@ -267,7 +269,8 @@ def make_agent(
         return_log_prob=True,
     )
     critic = TensorDictSequential(trunk, value_head)
-    return Agent(actor=actor, critic=critic, trunk=trunk, core=recurrent, stem=stem)
+    network = TensorDictSequential(trunk, policy_head, value_head)
+    return Agent(actor=actor, critic=critic, trunk=trunk, core=recurrent, stem=stem, network=network)
 
 
 # ---------------------------------------------------------------------------------------------- env side

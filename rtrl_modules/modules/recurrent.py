@@ -311,7 +311,11 @@ class RTRLModule(TensorDictModuleBase):
 
 
 class ELSTMModule(RTRLModule):
-    """eLSTM (Irie et al., 2024) as a TorchRL module; ``out`` = σ(O[x; c] + b) ⊙ c [*, hidden_size]."""
+    """eLSTM (Irie et al., 2024) as a TorchRL module; ``out`` = σ(O[x; c] + b) ⊙ c [*, hidden_size].
+
+    ``forget_bias`` sets the initial b_f (see :class:`~rtrl_modules.cells.ELSTMCell`); other keyword
+    arguments go to :class:`RTRLModule` (keys, ``slot_key``, ...).
+    """
 
     def __init__(
         self,
@@ -319,9 +323,11 @@ class ELSTMModule(RTRLModule):
         hidden_size: int,
         output_gate: bool = True,
         gradient: str = "rtrl",
+        forget_bias: float | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(ELSTM(input_size, hidden_size, output_gate=output_gate, gradient=gradient), **kwargs)
+        core = ELSTM(input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias)
+        super().__init__(core, **kwargs)
 
 
 class IndRNNModule(RTRLModule):

@@ -29,7 +29,7 @@ def make_batch(seed=0):
         {
             "observation": torch.randn(B, T, F, generator=g, dtype=torch.float64),
             "action": torch.randint(0, A, (B, T), generator=g),
-            "sample_log_prob": -torch.rand(B, T, generator=g, dtype=torch.float64) * 2,
+            "action_log_prob": -torch.rand(B, T, generator=g, dtype=torch.float64) * 2,
             "next": {
                 "observation": torch.randn(B, T, F, generator=g, dtype=torch.float64),
                 "reward": torch.randn(B, T, 1, generator=g, dtype=torch.float64) * 2,  # some beyond ±1
@@ -96,7 +96,7 @@ def test_loss_and_gradients_equal_reference(reduction, rho_bar):
         bootstrap.detach(),
         reward,
         done,
-        log_pi.detach() - batch["sample_log_prob"].unsqueeze(-1),
+        log_pi.detach() - batch["action_log_prob"].unsqueeze(-1),
         0.9,
         rho_bar,
         0.8,
@@ -144,6 +144,6 @@ def test_bad_arguments_and_inputs():
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         R2ACLoss(agent)(make_batch()[:, 0].float())
     batch = make_batch().float()
-    del batch["sample_log_prob"]
-    with pytest.raises(KeyError, match="sample_log_prob"):
+    del batch["action_log_prob"]
+    with pytest.raises(KeyError, match="action_log_prob"):
         R2ACLoss(agent)(batch)

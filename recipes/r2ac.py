@@ -1,0 +1,334 @@
+"""R2AC as a Lightning recipe: ``python -m recipes fit --config configs/<suite>/<task>.yaml``.
+
+The LightningModule owns the agent, the loss and a TorchRL ``Collector``; the collector is the data
+side (:class:`CollectorStream`, an ``IterableDataset``). Each training step is one segment
+[num_envs, M] → :func:`rtrl_modules.training.loss_and_metrics` (the same logic as the plain loop);
+Lightning then runs the backward (RTRL gradients are complete when it returns), clips the gradient
+norm (``trainer.gradient_clip_val``), steps RMSProp and the linear LR decay.
+
+Each DDP rank builds its own envs (seeded by rank) and carries its own sensitivities; gradients are
+all-reduced as usual.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import grad_norm
+from tensordict import TensorDictBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from rtrl_modules.envs import SUITES, evaluate, evaluate_procgen, make_env, make_eval_env
+from rtrl_modules.modules import RECURRENT_KINDS, PreviousReward, make_agent
+from rtrl_modules.objectives import R2ACLoss
+from rtrl_modules.training import episode_stats, linear_decay, loss_and_metrics, make_collector, make_optimizer
+
+
+class CollectorStream(IterableDataset):
+    """Batches of the module's collector, [num_envs, M] each, until ``total_frames`` are collected."""
+
+    def __init__(self, module: R2ACModule) -> None:
+        self.module = module
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        module = self.module
+        while module.frames < module.hparams.total_frames:
+            yield module.collect()
+
+
+def _identity(batch):
+    return batch
+
+
+class R2ACModule(LightningModule):
+    """R2AC (V-trace actor-critic, eLSTM trained by RTRL) and its baselines on any suite.
+
+    Args:
+        suite, task, num_envs, env_options: the environments (``rtrl_modules.envs.make_env``).
+        core: ``"rtrl"`` (paper), ``"rtrl_stepwise"``, ``"tbptt"`` (same eLSTM, truncated),
+            ``"lstm"`` (TorchRL's ``LSTMModule``, truncated) or ``"feedforward"``.
+        hidden_size, embed_size, forget_bias: network sizes (N; stem output) and eLSTM b_f init.
+        segment_length: M, steps per env per update (the truncation length of the baselines).
+        total_frames: environment steps over all envs of this rank.
+        lr, rms_alpha, rms_eps, lr_decay: RMSProp and its linear decay to 0.
+        gamma, entropy_cost, baseline_cost, reward_clip, reduction: the R2AC loss.
+        stem_checkpoint, freeze_stem: pre-trained vision stem (paper's DMLab memory setting).
+        eval_episodes: greedy episodes of the final evaluation (0: none); ProcGen evaluates the
+            train and the three test level sets.
+        seed: base seed (rank r uses seed + 1000·r for its envs).
+        num_threads: torch threads (1 is best with envpool's worker threads on small CPUs).
+    """
+
+    def __init__(
+        self,
+        suite: str = "memory",
+        task: str = "delayed_cue",
+        num_envs: int = 32,
+        env_options: dict[str, Any] | None = None,
+        core: str = "rtrl",
+        hidden_size: int = 256,
+        embed_size: int = 256,
+        forget_bias: float | None = None,
+        segment_length: int = 50,
+        total_frames: int = 1_000_000,
+        lr: float = 6e-4,
+        rms_alpha: float = 0.99,
+        rms_eps: float = 0.01,
+        lr_decay: bool = True,
+        gamma: float = 0.99,
+        entropy_cost: float = 0.01,
+        baseline_cost: float = 0.5,
+        reward_clip: float | None = 1.0,
+        reduction: str = "sum",
+        stem_checkpoint: str | None = None,
+        freeze_stem: bool = False,
+        eval_episodes: int = 0,
+        seed: int = 0,
+        num_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; valid choices are {', '.join(SUITES)}")
+        if core not in RECURRENT_KINDS:
+            raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
+        for name, value in (("num_envs", num_envs), ("segment_length", segment_length), ("total_frames", total_frames)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.frames = 0
+        self.history: list[dict[str, float]] = []
+        self._resume: dict[str, Any] | None = None
+        # The networks are built here (not in setup) so checkpoints load into them; envs come in setup.
+        probe = self._make_env(num_envs=1, seed=seed)
+        observation_key = "pixels" if "pixels" in probe.observation_spec.keys() else "observation"
+        self.observation_key = observation_key
+        self.agent = make_agent(
+            probe.observation_spec[observation_key].shape[1:],
+            int(probe.action_spec.space.n),
+            core=core,
+            hidden_size=hidden_size,
+            embed_size=embed_size,
+            stem_checkpoint=stem_checkpoint,
+            freeze_stem=freeze_stem,
+            **({"forget_bias": forget_bias} if forget_bias is not None and core.startswith(("rtrl", "tbptt")) else {}),
+        )
+        probe.close()
+        self.actor, self.network = self.agent.actor, self.agent.network
+        self.loss = R2ACLoss(
+            self.network,
+            gamma=gamma,
+            entropy_cost=entropy_cost,
+            baseline_cost=baseline_cost,
+            reward_clip=reward_clip,
+            reduction=reduction,
+        )
+        # Envs and collector are runtime objects, not submodules: not in state_dict, not wrapped by DDP.
+        self._runtime: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ envs and data
+    def _make_env(self, num_envs: int, seed: int, evaluation: bool = False):
+        hp = self.hparams
+        options = dict(hp.env_options or {})
+        options.setdefault("seed", seed)
+        build = make_eval_env if evaluation else make_env
+        env = build(hp.suite, hp.task, num_envs, **options)
+        env.append_transform(PreviousReward())
+        return env
+
+    @property
+    def env(self):
+        return self._runtime.get("env")
+
+    @property
+    def collector(self):
+        return self._runtime.get("collector")
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.collector is not None:
+            return
+        seed = self.hparams.seed + 1000 * self.global_rank
+        torch.manual_seed(seed)
+        env = self._make_env(self.hparams.num_envs, seed)
+        if hasattr(self.agent.core, "make_tensordict_primer"):  # recurrent cores carry a state
+            env.append_transform(self.agent.core.make_tensordict_primer())
+        collector = make_collector(env, self.actor, self.hparams.segment_length)
+        self._runtime.update(env=env, collector=collector, batches=iter(collector))
+
+    def on_train_start(self) -> None:
+        # Lightning restores a checkpoint after setup(): continue the episodes it was running.
+        if self._resume is not None:
+            self._restore_actor_side(self._resume)
+            self._resume = None
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(CollectorStream(self), batch_size=None, collate_fn=_identity)
+
+    def collect(self) -> TensorDictBase:
+        with set_exploration_type(ExplorationType.RANDOM):
+            batch = next(self._runtime["batches"])
+        return batch
+
+    @property
+    def updates_per_run(self) -> int:
+        return math.ceil(self.hparams.total_frames / (self.hparams.num_envs * self.hparams.segment_length))
+
+    # ------------------------------------------------------------------------------------ training
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
+        total, metrics = loss_and_metrics(self.loss, batch)
+        self.frames += batch.numel()
+        log = {f"train/{k}": v for k, v in metrics.items()}
+        log["train/loss"] = total.detach()
+        log["frames"] = float(self.frames * self.trainer.world_size)
+        stats = episode_stats(batch)
+        if "episode_return" in stats and stats["episode_return"].numel():
+            log["train/episode_return"] = stats["episode_return"].mean()
+            log["train/episode_length"] = stats["episode_length"].mean()
+        self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
+        if "train/episode_return" in log:
+            self.log("return", log["train/episode_return"], prog_bar=True, on_step=True, batch_size=1)
+            self.history.append({"frames": log["frames"], "episode_return": float(log["train/episode_return"])})
+        return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, batch_size=1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, lr=hp.lr, alpha=hp.rms_alpha, eps=hp.rms_eps)
+        if not hp.lr_decay:
+            return optimizer
+        scheduler = linear_decay(optimizer, self.updates_per_run)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Parameters, optimizer, LR schedule and the learner's carried sensitivities (part of the
+        # RTRL module's state_dict) are saved by Lightning; add the actor side and the counters.
+        checkpoint["r2ac"] = {
+            "frames": self.frames,
+            "history": self.history,
+            "actor_carrier": None if self.collector is None else self.collector._carrier.clone(),
+            "env_state": self._env_state(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("r2ac", {})
+        self.frames = int(state.get("frames", 0))
+        self.history = list(state.get("history", []))
+        self._resume = state
+
+    def _env_state(self) -> dict[str, Any] | None:
+        base = None if self.env is None else self.env.base_env
+        return base.episode_state() if hasattr(base, "episode_state") else None
+
+    def _restore_actor_side(self, state: dict[str, Any]) -> None:
+        """Continue the running episodes: the actor's state (observation, hidden state, counters)
+        and, where the engine allows it (native memory tasks), the env's own state. Engines that
+        cannot be snapshotted (Atari, ProcGen) restart their episodes."""
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"])
+        base = self.env.base_env
+        if state.get("env_state") is not None and hasattr(base, "load_episode_state"):
+            carrier = state.get("actor_carrier")
+            if carrier is not None:
+                self.collector._carrier.update(carrier)
+            base.load_episode_state(state["env_state"])
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def greedy_evaluation(self) -> dict[str, float]:
+        """Mean greedy (argmax) return: ProcGen on its level sets, other suites on fresh envs."""
+        hp = self.hparams
+        if hp.eval_episodes <= 0:
+            return {}
+        seed = hp.seed + 10_000
+        if hp.suite == "procgen":
+            options = {k: v for k, v in (hp.env_options or {}).items() if k not in ("num_levels", "start_level")}
+            return evaluate_procgen(
+                self.actor,
+                hp.task,
+                num_envs=min(8, hp.eval_episodes),
+                num_episodes=hp.eval_episodes,
+                env_transform=self._eval_transform,
+                **options,
+            )
+        env = self._eval_transform(self._make_env(min(hp.num_envs, hp.eval_episodes), seed, evaluation=True))
+        returns = evaluate(env, self.actor, hp.eval_episodes)
+        env.close()
+        return {"greedy_return": float(returns.mean())}
+
+    def _eval_transform(self, env):
+        if "prev_reward" not in env.observation_spec.keys():
+            env.append_transform(PreviousReward())
+        if hasattr(self.agent.core, "make_tensordict_primer"):
+            env.append_transform(self.agent.core.make_tensordict_primer())
+        return env
+
+    def teardown(self, stage: str) -> None:
+        if self.collector is not None:
+            self.collector.shutdown()
+            self._runtime.clear()
+
+
+class LearningCurve(Callback):
+    """At the end of ``fit``: greedy evaluation, ``learning_curve.csv`` and ``learning_curve.png``
+    (episode return against frames) in the run's log folder."""
+
+    def __init__(self, smoothing: int = 50) -> None:
+        self.smoothing = smoothing
+
+    def on_fit_end(self, trainer: Trainer, module: LightningModule) -> None:
+        if not isinstance(module, R2ACModule) or trainer.global_rank != 0:
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        evaluation = module.greedy_evaluation()
+        with open(folder / "learning_curve.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["frames", "episode_return"])
+            writer.writeheader()
+            writer.writerows(module.history)
+        if evaluation:
+            with open(folder / "evaluation.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["metric", "value"])
+                writer.writerows(evaluation.items())
+            print(f"final greedy evaluation: {evaluation}", flush=True)
+        if module.history:
+            _plot(module, folder / "learning_curve.png", self.smoothing)
+            print(f"learning curve: {folder / 'learning_curve.png'}", flush=True)
+
+
+def _plot(module: R2ACModule, path: Path, smoothing: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = [h["frames"] for h in module.history]
+    returns = torch.tensor([h["episode_return"] for h in module.history])
+    window = max(1, min(smoothing, len(returns)))
+    smooth = returns.unfold(0, window, 1).mean(-1) if len(returns) >= window else returns
+    hp = module.hparams
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(frames, returns.tolist(), alpha=0.25, lw=0.8)
+    ax.plot(frames[window - 1 :], smooth.tolist(), lw=2, label=f"{hp.core}, M={hp.segment_length}")
+    ax.set(xlabel="environment frames", ylabel="episode return", title=f"{hp.suite}/{hp.task}")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
