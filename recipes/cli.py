@@ -43,7 +43,8 @@ class RecipeCLI(LightningCLI):
             name = str(init.get("core") or init.get("mode") or "run")  # after command-line overrides
             trainer["logger"] = [
                 Namespace(
-                    class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir=root, name=name)
+                    class_path="lightning.pytorch.loggers.CSVLogger",
+                    init_args=Namespace(save_dir=root, name=name),
                 ),
                 Namespace(
                     class_path="lightning.pytorch.loggers.TensorBoardLogger",

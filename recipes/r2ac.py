@@ -17,19 +17,25 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import grad_norm
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rtrl_modules.envs import SUITES, evaluate, evaluate_procgen, make_env, make_eval_env
 from rtrl_modules.modules import RECURRENT_KINDS, PreviousReward, make_agent
 from rtrl_modules.objectives import R2ACLoss
-from rtrl_modules.training import episode_stats, linear_decay, loss_and_metrics, make_collector, make_optimizer
+from rtrl_modules.training import (
+    episode_stats,
+    linear_decay,
+    loss_and_metrics,
+    make_collector,
+    make_optimizer,
+)
 
 
 class CollectorStream(IterableDataset):
@@ -69,11 +75,11 @@ class R2ACModule(LightningModule):
 
     def __init__(
         self,
-        suite: str = "memory",
+        suite: Literal["atari", "procgen", "dmlab", "popgym", "memory"] = "memory",
         task: str = "delayed_cue",
         num_envs: int = 32,
         env_options: dict[str, Any] | None = None,
-        core: str = "rtrl",
+        core: Literal["rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward"] = "rtrl",
         hidden_size: int = 256,
         embed_size: int = 256,
         forget_bias: float | None = None,
@@ -87,7 +93,7 @@ class R2ACModule(LightningModule):
         entropy_cost: float = 0.01,
         baseline_cost: float = 0.5,
         reward_clip: float | None = 1.0,
-        reduction: str = "sum",
+        reduction: Literal["sum", "mean"] = "sum",
         stem_checkpoint: str | None = None,
         freeze_stem: bool = False,
         eval_episodes: int = 0,
@@ -95,11 +101,16 @@ class R2ACModule(LightningModule):
         num_threads: int | None = None,
     ) -> None:
         super().__init__()
+        # Literal types let the CLI reject bad values while parsing; these checks serve Python callers.
         if suite not in SUITES:
             raise ValueError(f"unknown suite {suite!r}; valid choices are {', '.join(SUITES)}")
         if core not in RECURRENT_KINDS:
             raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
-        for name, value in (("num_envs", num_envs), ("segment_length", segment_length), ("total_frames", total_frames)):
+        for name, value in (
+            ("num_envs", num_envs),
+            ("segment_length", segment_length),
+            ("total_frames", total_frames),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.save_hyperparameters()
@@ -120,7 +131,11 @@ class R2ACModule(LightningModule):
             embed_size=embed_size,
             stem_checkpoint=stem_checkpoint,
             freeze_stem=freeze_stem,
-            **({"forget_bias": forget_bias} if forget_bias is not None and core.startswith(("rtrl", "tbptt")) else {}),
+            **(
+                {"forget_bias": forget_bias}
+                if forget_bias is not None and core.startswith(("rtrl", "tbptt"))
+                else {}
+            ),
         )
         probe.close()
         self.actor, self.network = self.agent.actor, self.agent.network
@@ -183,7 +198,11 @@ class R2ACModule(LightningModule):
         return math.ceil(self.hparams.total_frames / (self.hparams.num_envs * self.hparams.segment_length))
 
     # ------------------------------------------------------------------------------------ training
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> torch.Tensor:
+    def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
+        # Taking the iterator (not a batch) stops Lightning from prefetching: each segment is
+        # collected with the parameters of the latest update, and a checkpoint never loses a
+        # collected-but-untrained segment (which would misalign the carried sensitivities).
+        batch, _, _ = next(dataloader_iter)  # (batch, batch index, dataloader index)
         total, metrics = loss_and_metrics(self.loss, batch)
         self.frames += batch.numel()
         log = {f"train/{k}": v for k, v in metrics.items()}
@@ -196,8 +215,19 @@ class R2ACModule(LightningModule):
         self.log_dict(log, prog_bar=False, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
         if "train/episode_return" in log:
             self.log("return", log["train/episode_return"], prog_bar=True, on_step=True, batch_size=1)
-            self.history.append({"frames": log["frames"], "episode_return": float(log["train/episode_return"])})
+            self.history.append(
+                {"frames": log["frames"], "episode_return": float(log["train/episode_return"])}
+            )
         return total
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: every rank must hold the same parameters
+            checksum = torch.stack([p.detach().double().sum() for p in self.parameters()]).sum()
+            gathered = self.all_gather(checksum)
+            if not torch.all(gathered == gathered[0]):
+                raise RuntimeError(f"DDP ranks hold different parameters: checksums {gathered.tolist()}")
+            if self.global_rank == 0:
+                print(f"DDP check: parameters identical on {self.trainer.world_size} ranks", flush=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = grad_norm(self, norm_type=2)
@@ -220,7 +250,8 @@ class R2ACModule(LightningModule):
         checkpoint["r2ac"] = {
             "frames": self.frames,
             "history": self.history,
-            "actor_carrier": None if self.collector is None else self.collector._carrier.clone(),
+            # plain nested dicts of tensors, so Lightning can load the checkpoint with weights_only=True
+            "actor_carrier": None if self.collector is None else self.collector._carrier.to_dict(),
             "env_state": self._env_state(),
             "rng": torch.get_rng_state(),
         }
@@ -245,7 +276,7 @@ class R2ACModule(LightningModule):
         if state.get("env_state") is not None and hasattr(base, "load_episode_state"):
             carrier = state.get("actor_carrier")
             if carrier is not None:
-                self.collector._carrier.update(carrier)
+                self.collector._carrier.update(TensorDict.from_dict(carrier, batch_size=self.env.batch_size))
             base.load_episode_state(state["env_state"])
 
     # ------------------------------------------------------------------------------------ evaluation
@@ -256,7 +287,9 @@ class R2ACModule(LightningModule):
             return {}
         seed = hp.seed + 10_000
         if hp.suite == "procgen":
-            options = {k: v for k, v in (hp.env_options or {}).items() if k not in ("num_levels", "start_level")}
+            options = {
+                k: v for k, v in (hp.env_options or {}).items() if k not in ("num_levels", "start_level")
+            }
             return evaluate_procgen(
                 self.actor,
                 hp.task,
@@ -291,9 +324,11 @@ class LearningCurve(Callback):
         self.smoothing = smoothing
 
     def on_fit_end(self, trainer: Trainer, module: LightningModule) -> None:
-        if not isinstance(module, R2ACModule) or trainer.global_rank != 0:
+        if not isinstance(module, R2ACModule):
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank
+        if trainer.global_rank != 0:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         evaluation = module.greedy_evaluation()
         with open(folder / "learning_curve.csv", "w", newline="") as f:

@@ -1,9 +1,7 @@
 """DMLab adapter against a fake ``deepmind_lab`` module (the real engine cannot be installed here)."""
 
 import sys
-import types
 
-import numpy as np
 import pytest
 import torch
 from torchrl.collectors import Collector
@@ -11,52 +9,6 @@ from torchrl.envs.utils import RandomPolicy, check_env_specs
 
 from rtrl_modules.envs import make_env
 from rtrl_modules.envs.dmlab import IMPALA_ACTION_SET
-
-
-class FakeLab:
-    """Mimics the ``deepmind_lab.Lab`` surface the adapter uses; checks the arguments it receives."""
-
-    instances: list["FakeLab"] = []
-    episode_frames = 40
-
-    def __init__(self, level, observations, config=None, renderer="software", level_cache=None):
-        assert level.startswith("contributed/dmlab30/")
-        assert observations == ["RGB_INTERLEAVED"]
-        assert all(isinstance(v, str) for v in config.values())
-        self.height, self.width = int(config["height"]), int(config["width"])
-        self.running, self.frame, self.seeds, self.actions = False, 0, [], []
-        FakeLab.instances.append(self)
-
-    def reset(self, seed=None):
-        assert isinstance(seed, int)
-        self.seeds.append(seed)
-        self.running, self.frame = True, 0
-
-    def observations(self):
-        assert self.running, "observations() after the episode ended"
-        value = self.frame % 256
-        return {"RGB_INTERLEAVED": np.full((self.height, self.width, 3), value, dtype=np.uint8)}
-
-    def step(self, action, num_steps=1):
-        assert self.running and action.dtype == np.intc and action.shape == (7,)
-        self.actions.append((tuple(action.tolist()), num_steps))
-        self.frame += num_steps
-        if self.frame >= self.episode_frames:
-            self.running = False
-        return float(num_steps)  # one point per frame
-
-    def is_running(self):
-        return self.running
-
-    def close(self):
-        self.running = False
-
-
-@pytest.fixture
-def fake_lab(monkeypatch):
-    FakeLab.instances = []
-    monkeypatch.setitem(sys.modules, "deepmind_lab", types.SimpleNamespace(Lab=FakeLab))
-    return FakeLab
 
 
 def test_specs_actions_and_episodes(fake_lab):

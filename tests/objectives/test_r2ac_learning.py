@@ -22,11 +22,18 @@ def run(core: str) -> tuple[float, list[dict]]:
     torch.manual_seed(0)
     env = make_env("memory", "delayed_cue", ENVS, delay=DELAY, seed=0)
     env.append_transform(PreviousReward())
-    agent = make_agent((env.observation_spec["observation"].shape[-1],), 2, core=core,
-                       hidden_size=32, embed_size=32, forget_bias=3.0)
+    agent = make_agent(
+        (env.observation_spec["observation"].shape[-1],),
+        2,
+        core=core,
+        hidden_size=32,
+        embed_size=32,
+        forget_bias=3.0,
+    )
     env.append_transform(agent.core.make_tensordict_primer())
-    collector = make_collector(env, agent.actor, segment_length=M, total_frames=FRAMES,
-                               exploration_type=ExplorationType.RANDOM)
+    collector = make_collector(
+        env, agent.actor, segment_length=M, total_frames=FRAMES, exploration_type=ExplorationType.RANDOM
+    )
     loss = R2ACLoss(agent.network, entropy_cost=0.01)
     optimizer = make_optimizer(loss.parameters(), lr=5e-3)
     history = train(collector, loss, optimizer, linear_decay(optimizer, len(collector)))

@@ -1,0 +1,161 @@
+"""The R2AC Lightning recipe: shipped configs, the CLI, checkpoints and resume, DDP on 2 CPU processes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from recipes.cli import main
+from recipes.r2ac import R2ACModule
+
+ROOT = Path(__file__).resolve().parents[2]
+R2AC_CONFIGS = sorted(
+    {p.resolve() for p in (ROOT / "configs").rglob("*.yaml") if "copy_task" not in p.parts}, key=str
+)
+SMALL = ["--model.init_args.num_envs=2", "--model.init_args.hidden_size=8"]
+
+
+def cli_args(config: Path, *extra: str) -> list[str]:
+    """Arguments for ``main(args, run=False)``, which parses and builds without a subcommand."""
+    return ["--config", str(config), *extra]
+
+
+@pytest.mark.parametrize("config", R2AC_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_shipped_config_parses_and_builds(config, fake_lab, tmp_path):
+    """Each config builds its module (real Atari/ProcGen engines; DMLab against the fake engine)."""
+    cli = main(cli_args(config, *SMALL, f"--trainer.default_root_dir={tmp_path}"), run=False)
+    module = cli.model
+    assert isinstance(module, R2ACModule)
+    assert module.hparams.suite == config.parent.name or config.name == "default.yaml"
+    assert module.hparams.core == "rtrl"
+    assert cli.trainer.gradient_clip_val == 40.0
+    # the baselines are one override away
+    cli = main(cli_args(config, *SMALL, "--model.init_args.core=tbptt"), run=False)
+    assert cli.model.agent.core.gradient == "tbptt"
+
+
+def test_paper_configs_hold_the_paper_settings(fake_lab):
+    hp = main(cli_args(ROOT / "configs/dmlab/rooms_watermaze_m100.yaml"), run=False).model.hparams
+    assert (hp.hidden_size, hp.segment_length, hp.lr, hp.rms_alpha, hp.rms_eps) == (
+        512,
+        100,
+        6e-4,
+        0.99,
+        0.01,
+    )
+    assert (hp.entropy_cost, hp.baseline_cost, hp.gamma, hp.reward_clip, hp.num_envs) == (
+        0.01,
+        0.5,
+        0.99,
+        1.0,
+        32,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.init_args.no_such_key=1"], "no_such_key"),
+        (["--model.init_args.num_envs=many"], "num_envs"),
+        (["--model.init_args.suite=minecraft"], "Expected a typing.Literal['atari', 'procgen', 'dmlab'"),
+        (["--model.init_args.core=gru"], "'rtrl', 'rtrl_stepwise', 'tbptt', 'lstm', 'feedforward'"),
+    ],
+)
+def test_bad_configs_fail_with_one_clear_message(args, message, capsys):
+    with pytest.raises(SystemExit):
+        main(cli_args(ROOT / "configs/default.yaml", *args), run=False)
+    assert message in capsys.readouterr().err
+
+
+def test_main_job_writes_checkpoint_logs_and_plot(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "recipes", "fit", *cli_args(ROOT / "configs/default.yaml"),
+         "--model.init_args.total_frames=6400", "--model.init_args.eval_episodes=8",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "rtrl" / "version_0"
+    for name in ("metrics.csv", "learning_curve.png", "learning_curve.csv", "evaluation.csv", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert any((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "final greedy evaluation" in out.stdout
+
+
+def test_ddp_fit_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(
+        [sys.executable, "-m", "recipes", "fit", *cli_args(ROOT / "configs/default.yaml"),
+         "--model.init_args.total_frames=1600", "--model.init_args.eval_episodes=0",
+         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "DDP check: parameters identical on 2 ranks" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------ resume
+def small_module() -> R2ACModule:
+    seed_everything(0)
+    return R2ACModule(
+        suite="memory", task="delayed_cue", num_envs=4, env_options={"delay": 6}, core="rtrl",
+        hidden_size=8, embed_size=8, forget_bias=2.0, segment_length=3, total_frames=4 * 3 * 10,
+        lr=1e-2, num_threads=1,
+    )  # fmt: skip
+
+
+def trainer(root: Path, max_steps: int = -1, callbacks=()) -> Trainer:
+    return Trainer(
+        default_root_dir=root, max_epochs=1, max_steps=max_steps, gradient_clip_val=40.0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+class CaptureAtTrainStart(Callback):
+    """What the module holds when training starts (after Lightning and the module restored the
+    checkpoint, before the first segment is collected)."""
+
+    sensitivities = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.sensitivities is not None:
+            return
+        self.sensitivities = module.agent.core.get_sensitivities()
+        self.carrier = module.collector._carrier.clone()
+        self.env_state = module.env.base_env.episode_state()
+
+
+def test_kill_and_resume_restores_carried_state_and_continues_the_same_run(tmp_path):
+    # The uninterrupted run: 10 updates.
+    full = small_module()
+    trainer(tmp_path / "full").fit(full)
+    # The same run stopped after 5 updates (the checkpoint is what a killed process leaves behind) ...
+    first = small_module()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    trainer(tmp_path / "first", max_steps=5, callbacks=[checkpoint]).fit(first)
+    path = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
+    saved = torch.load(path, weights_only=False)
+    # ... resumed by a fresh process-like module from that checkpoint.
+    resumed, capture = small_module(), CaptureAtTrainStart()
+    trainer(tmp_path / "resumed", callbacks=[capture]).fit(resumed, ckpt_path=path)
+
+    carried = saved["r2ac"]
+    expected = first.agent.core.get_sensitivities()
+    assert expected is not None and capture.sensitivities is not None
+    for key in expected.keys(include_nested=True, leaves_only=True):
+        assert torch.equal(capture.sensitivities[key], expected[key]), key
+    for key in ("recurrent_state", "observation", "is_init", "prev_reward"):
+        assert torch.equal(capture.carrier[key], carried["actor_carrier"][key]), key
+    for key, value in carried["env_state"].items():
+        assert torch.equal(capture.env_state[key], value), key
+    assert resumed.frames == full.frames == 120
+    for (name, p_full), p_resumed in zip(full.named_parameters(), resumed.parameters()):
+        assert torch.equal(p_full, p_resumed), name
