@@ -1,11 +1,26 @@
 """Exact real-time recurrent learning (RTRL) for element-wise recurrent networks.
 
-Layers, each depending only on the ones before: ``cells`` (math) → ``core`` (RTRL autograd) →
-``modules`` (TorchRL) → ``objectives`` → ``envs`` → ``recipes`` (Lightning, outside the package).
+Layers, each depending only on the ones before: ``cells`` (math) → ``core`` (RTRL autograd; ``limits``:
+dense and multi-layer references) → ``modules`` (TorchRL) → ``objectives`` → ``envs`` → ``training``
+(the plain loop) → ``recipes`` (Lightning, outside the package).
 """
 
-from .cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
+from .cells import ELSTMCell, ElementwiseCell, IndRNNCell, LRUCell, SRUCell
 from .core import ELSTM, GRADIENT_MODES, LRU, SRU, IndRNN, RTRLCore, check_rtrl_gradients
+from .limits import FullyRecurrentRNN, StackedELSTM, fidelity_sweep, gradient_fidelity
+from .modules import (
+    RECURRENT_KINDS,
+    ELSTMModule,
+    FeedForwardModule,
+    IndRNNModule,
+    LRUModule,
+    PreviousReward,
+    RTRLModule,
+    SRUModule,
+    make_agent,
+    make_recurrent_module,
+)
+from .objectives import R2ACLoss
 
 __all__ = [
     "ElementwiseCell",
@@ -20,5 +35,20 @@ __all__ = [
     "SRU",
     "GRADIENT_MODES",
     "check_rtrl_gradients",
+    "FullyRecurrentRNN",
+    "StackedELSTM",
+    "gradient_fidelity",
+    "fidelity_sweep",
+    "RTRLModule",
+    "ELSTMModule",
+    "IndRNNModule",
+    "LRUModule",
+    "SRUModule",
+    "FeedForwardModule",
+    "RECURRENT_KINDS",
+    "make_recurrent_module",
+    "make_agent",
+    "PreviousReward",
+    "R2ACLoss",
 ]
 __version__ = "0.1.0"
