@@ -5,7 +5,7 @@ dense and multi-layer references) → ``modules`` (TorchRL) → ``objectives`` �
 (the plain loop) → ``recipes`` (Lightning, outside the package).
 """
 
-from .cells import ELSTMCell, ElementwiseCell, IndRNNCell, LRUCell, SRUCell
+from .cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
 from .core import ELSTM, GRADIENT_MODES, LRU, SRU, IndRNN, RTRLCore, check_rtrl_gradients
 from .limits import FullyRecurrentRNN, StackedELSTM, fidelity_sweep, gradient_fidelity
 from .modules import (

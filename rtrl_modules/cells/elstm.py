@@ -53,8 +53,11 @@ class ELSTMCell(ElementwiseCell):
         return z, f
 
     def step(self, pre: Tensor, c_prev: Tensor, weight_hh: Tensor, bias: Tensor) -> Tensor:
-        z, f = self._gates(pre, c_prev, weight_hh, bias)
-        return f * c_prev + (1 - f) * z
+        # Both gates in one multiply-add ([..., 2, N]); c = f ⊙ c_prev + (1 − f) ⊙ z as one lerp.
+        # Few kernels per step: this runs once per time step inside the segment loop.
+        a = torch.addcmul(bias, weight_hh, c_prev.unsqueeze(-2)).add_(pre)
+        z, f = torch.tanh(a[..., 0, :]), torch.sigmoid(a[..., 1, :])
+        return torch.lerp(z, c_prev, f)
 
     def local_derivatives(
         self, pre: Tensor, c_prev: Tensor, params: dict[str, Tensor]

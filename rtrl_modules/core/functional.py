@@ -33,8 +33,9 @@ def unroll(cell: ElementwiseCell, pre: Tensor, c0: Tensor, keep: Tensor, params:
     """Run ``cell.step`` over time. pre [B, T, K, N], c0 [B, N], keep [B, T] → c [B, T, N]."""
     c_seq = pre.new_empty(pre.shape[0], pre.shape[1], pre.shape[-1])
     c = c0
+    resets = not bool(keep.all())  # one check per segment; no per-step mask multiply without resets
     for t in range(pre.shape[1]):
-        c = cell.step(pre[:, t], c * keep[:, t, None], **params)
+        c = cell.step(pre[:, t], c * keep[:, t, None] if resets else c, **params)
         c_seq[:, t] = c
     return c_seq
 
@@ -66,14 +67,26 @@ def carry_sensitivities_segment(
     suffix = jacobian.flip(1).cumprod(1).flip(1)  # Π_{j ≥ t} J_j
     after = torch.cat((suffix[:, 1:], torch.ones_like(suffix[:, :1])), dim=1)  # A_{t+1:T}
     total = suffix[:, 0]  # A_{1:T}
-    weights = (d_pre * after.unsqueeze(2)).reshape(batch, steps, num_gates * hidden).transpose(1, 2)
+    gated = d_pre * after.unsqueeze(2)  # [B, T, K, N]
+    weights = gated.reshape(batch, steps, num_gates * hidden).transpose(1, 2)
     if sens0 is None:
         sens = {"weight_ih": torch.bmm(weights, x)}  # [B, K*N, D]
-    else:  # A_{1:T} ⊙ S_0, then the GEMM accumulates into it: two passes over [B, K*N, D]
-        carried = _as_gates(sens0["weight_ih"], num_gates) * total[:, None, :, None]
-        sens = {"weight_ih": carried.view_as(sens0["weight_ih"]).baddbmm_(weights, x)}
+    else:
+        # A_{1:T} ⊙ S_0, then the GEMM accumulates into it, one example at a time so that the
+        # GEMM finds its [K*N, D] block still in cache (one pass over [B, K*N, D] from memory).
+        s0 = sens0["weight_ih"]
+        out = torch.empty_like(s0)
+        s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(out, num_gates)
+        scale = total[:, None, :, None]
+        for b in range(batch):
+            torch.mul(s0_gates[b], scale[b], out=out_gates[b])
+            out[b].addmm_(weights[b], x[b])
+        sens = {"weight_ih": out}
     for name, d in d_params.items():
-        sens[name] = (d * _broadcast_units(after, d, 2)).sum(1)
+        if d.shape == d_pre.shape and d.stride() == d_pre.stride() and d.data_ptr() == d_pre.data_ptr():
+            sens[name] = gated.sum(1)  # d ≡ d_pre (e.g. a bias): reuse the product
+        else:
+            sens[name] = (d * _broadcast_units(after, d, 2)).sum(1)
         if sens0 is not None:
             sens[name] += _broadcast_units(total, sens0[name], 1) * sens0[name]
     return sens
@@ -107,6 +120,20 @@ def carry_sensitivities_stepwise(jacobian, d_pre, d_params, x, sens0) -> dict[st
     return sens
 
 
+def inject_sensitivities_(grad_w: Tensor, grad_c0: Tensor, sens: Tensor, num_gates: int) -> Tensor:
+    """grad_w [K*N, D] += Σ_b grad_c0[b, n] · sens[b, k, n, d], in place.
+
+    Equal to ``einsum("bn,bknd->knd")``, but one fused multiply-add per example into the
+    (cache-resident) gradient: a single pass over the sensitivities and no [B, K*N, D] temporary.
+    """
+    acc = _as_gates(grad_w.unsqueeze(0), num_gates)[0]
+    sens_gates = _as_gates(sens, num_gates)
+    scale = grad_c0[:, None, :, None]
+    for b in range(sens.shape[0]):
+        acc.addcmul_(sens_gates[b], scale[b])
+    return grad_w
+
+
 class _ElementwiseRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, mode, track, names, x, keep, c0, weight_ih, *rest):
@@ -126,6 +153,8 @@ class _ElementwiseRecurrence(torch.autograd.Function):
             new = carry(jacobian, d_pre, d_params, x, sens0)
             sens = tuple(new[name] for name in ("weight_ih", *names))
             ctx.mark_non_differentiable(*sens)
+        # No zero-filled [B, K*N, D] gradients for the (non-differentiable) sensitivity outputs.
+        ctx.set_materialize_grads(False)
 
         ctx.mode, ctx.names = mode, names
         ctx.has_sens0 = sens0 is not None
@@ -144,11 +173,9 @@ class _ElementwiseRecurrence(torch.autograd.Function):
 
         # In-segment BPTT: δ_t = g_t + J_{t+1} ⊙ δ_{t+1}.
         delta = torch.empty_like(grad_c)
-        d = grad_c[:, -1]
-        delta[:, -1] = d
-        for t in range(steps - 2, -1, -1):
-            d = torch.addcmul(grad_c[:, t], jacobian[:, t + 1], d)
-            delta[:, t] = d
+        delta[:, -1] = grad_c[:, -1]
+        for t in range(steps - 2, -1, -1):  # one kernel per step, written in place
+            torch.addcmul(grad_c[:, t], jacobian[:, t + 1], delta[:, t + 1], out=delta[:, t])
         grad_c0 = jacobian[:, 0] * delta[:, 0]
         grad_pre = (delta.unsqueeze(2) * d_pre).reshape(batch, steps, num_gates * hidden)
         grad_x = grad_pre @ weight_ih if ctx.needs_input_grad[4] else None
@@ -169,9 +196,7 @@ class _ElementwiseRecurrence(torch.autograd.Function):
                 name: (_broadcast_units(delta, d, 2) * d).sum((0, 1)) for name, d in d_params.items()
             }
             if mode == "rtrl" and sens0 is not None:
-                grad_w += torch.einsum(
-                    "bn,bknd->knd", grad_c0, _as_gates(sens0["weight_ih"], num_gates)
-                ).reshape(grad_w.shape)
+                inject_sensitivities_(grad_w, grad_c0, sens0["weight_ih"], num_gates)
                 for name in d_params:
                     grad_params[name] += (_broadcast_units(grad_c0, sens0[name], 1) * sens0[name]).sum(0)
 

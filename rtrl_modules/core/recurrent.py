@@ -18,16 +18,11 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from ..cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
-from .functional import GRADIENT_MODES, GradientMode, elementwise_recurrence
+from .checks import check_gradient_mode, check_input, keep_mask
+from .functional import GradientMode, elementwise_recurrence
 
 STATE_KEY = "c"
 SENSITIVITY_KEY = "sensitivity"
-
-
-def check_gradient_mode(gradient: str) -> str:
-    if gradient not in GRADIENT_MODES:
-        raise ValueError(f"unknown gradient mode {gradient!r}; valid choices are {', '.join(GRADIENT_MODES)}")
-    return gradient
 
 
 class RTRLCore(nn.Module):
@@ -111,9 +106,9 @@ class RTRLCore(nn.Module):
             ``out`` [B, T, output_size] and the new detached state.
         """
         gradient = check_gradient_mode(self.gradient if gradient is None else gradient)
-        x = self._check_input(x)
-        batch, steps, _ = x.shape
-        keep = self._keep_mask(is_init, batch, steps, x)
+        x = check_input(x, self.input_size, self.cell.weight_ih.dtype)
+        batch = x.shape[0]
+        keep = keep_mask(is_init, x)
         if track_sensitivities is None:
             track_sensitivities = torch.is_grad_enabled() and gradient != "tbptt"
         track_sensitivities = track_sensitivities and gradient != "tbptt"
@@ -131,49 +126,6 @@ class RTRLCore(nn.Module):
         return out, new_state
 
     # ----------------------------------------------------------------------------- checks
-    def _check_input(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape [B, T, D], got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(
-                f"x must have shape [B, T, D] (batch, time, {self.input_size} features); "
-                f"got rank {x.dim()} shape {tuple(x.shape)}"
-            )
-        if x.shape[1] == 0 or x.shape[0] == 0:
-            raise ValueError(f"x must have at least one sequence and one time step, got {tuple(x.shape)}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"x has {x.shape[-1]} features but the core expects input_size={self.input_size}"
-            )
-        dtype = self.cell.weight_ih.dtype
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.dtype != dtype:
-            if not torch.is_autocast_enabled(x.device.type):
-                raise TypeError(
-                    f"x has dtype {x.dtype} but the core's parameters are {dtype}; cast one of them"
-                )
-            x = x.to(
-                dtype
-            )  # under autocast the recurrence and its sensitivities run in the parameters' dtype
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
-        return x
-
-    def _keep_mask(self, is_init: Tensor | None, batch: int, steps: int, x: Tensor) -> Tensor:
-        if is_init is None:
-            return x.new_ones(batch, steps)
-        if is_init.dim() == 3 and is_init.shape[-1] == 1:
-            is_init = is_init.squeeze(-1)
-        if is_init.shape != (batch, steps):
-            raise ValueError(
-                f"is_init must have shape [B, T] = [{batch}, {steps}] (or [B, T, 1]); "
-                f"got {tuple(is_init.shape)}"
-            )
-        if is_init.dtype != torch.bool:
-            raise TypeError(f"is_init must be a bool tensor, got {is_init.dtype}")
-        return (~is_init).to(x.dtype)
-
     def _check_state(self, state, batch, x, keep, gradient, track):
         if state is None:
             return x.new_zeros(batch, self.hidden_size), None

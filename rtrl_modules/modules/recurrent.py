@@ -20,8 +20,9 @@ from tensordict.utils import NestedKey
 from torch import Tensor
 
 from ..core import ELSTM, LRU, SRU, IndRNN, RTRLCore
+from ..core.checks import check_gradient_mode
 from ..core.functional import GRADIENT_MODES
-from ..core.recurrent import SENSITIVITY_KEY, STATE_KEY, check_gradient_mode
+from ..core.recurrent import SENSITIVITY_KEY, STATE_KEY
 from .carry import CarriedSensitivities
 
 DEFAULT_STATE_KEY = "recurrent_state"
@@ -326,7 +327,9 @@ class ELSTMModule(RTRLModule):
         forget_bias: float | None = None,
         **kwargs,
     ) -> None:
-        core = ELSTM(input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias)
+        core = ELSTM(
+            input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias
+        )
         super().__init__(core, **kwargs)
 
 

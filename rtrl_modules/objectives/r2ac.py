@@ -41,9 +41,10 @@ class R2ACLoss(LossModule):
         reduction: ``"sum"`` over batch and time (paper, torchbeast) or ``"mean"``.
 
     The input segment is what a TorchRL ``Collector`` returns, [B, T]: observations, ``action``
-    (integer index), the behaviour log-probability (``sample_log_prob``), ``is_init`` and the
+    (integer index), the behaviour log-probability (``action_log_prob``, TorchRL 0.14's key),
+    ``is_init`` and the
     recurrent state keys at the root, and ``("next", ...)`` with ``reward``, ``done`` and the next
-    observation. If the ``mask`` key is present (False on envpool's reset transitions), masked steps
+    observation. If the ``mask`` key is present (False on steps not to train on, e.g. padding), masked steps
     contribute nothing.
     """
 
@@ -52,7 +53,7 @@ class R2ACLoss(LossModule):
         """Input and output keys; change them with :meth:`set_keys`."""
 
         action: NestedKey = "action"
-        sample_log_prob: NestedKey = "sample_log_prob"
+        sample_log_prob: NestedKey = "action_log_prob"
         logits: NestedKey = "logits"
         value: NestedKey = "state_value"
         reward: NestedKey = "reward"

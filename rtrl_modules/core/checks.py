@@ -1,0 +1,54 @@
+"""Input checks shared by every core (plumbing): clear errors naming the problem and the choices."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .functional import GRADIENT_MODES
+
+
+def check_gradient_mode(gradient: str, valid: tuple[str, ...] = GRADIENT_MODES) -> str:
+    if gradient not in valid:
+        raise ValueError(f"unknown gradient mode {gradient!r}; valid choices are {', '.join(valid)}")
+    return gradient
+
+
+def check_input(x: Tensor, input_size: int, dtype: torch.dtype) -> Tensor:
+    """x: a finite floating [B, T, input_size] tensor in the parameters' dtype (cast under autocast)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape [B, T, D], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must have shape [B, T, D] (batch, time, {input_size} features); "
+            f"got rank {x.dim()} shape {tuple(x.shape)}"
+        )
+    if x.shape[1] == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must have at least one sequence and one time step, got {tuple(x.shape)}")
+    if x.shape[-1] != input_size:
+        raise ValueError(f"x has {x.shape[-1]} features but the core expects input_size={input_size}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dtype != dtype:
+        if not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype} but the core's parameters are {dtype}; cast one of them")
+        x = x.to(dtype)  # under autocast the recurrence and its sensitivities run in the parameters' dtype
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or infinite values")
+    return x
+
+
+def keep_mask(is_init: Tensor | None, x: Tensor) -> Tensor:
+    """[B, T] in x's dtype: 0 where an episode starts (``is_init`` [B, T] or [B, T, 1] bool), else 1."""
+    batch, steps = x.shape[:2]
+    if is_init is None:
+        return x.new_ones(batch, steps)
+    if is_init.dim() == 3 and is_init.shape[-1] == 1:
+        is_init = is_init.squeeze(-1)
+    if is_init.shape != (batch, steps):
+        raise ValueError(
+            f"is_init must have shape [B, T] = [{batch}, {steps}] (or [B, T, 1]); got {tuple(is_init.shape)}"
+        )
+    if is_init.dtype != torch.bool:
+        raise TypeError(f"is_init must be a bool tensor, got {is_init.dtype}")
+    return (~is_init).to(x.dtype)
