@@ -45,6 +45,11 @@ def previous_states(c0: Tensor, c_seq: Tensor, keep: Tensor) -> Tensor:
     return torch.cat((c0.unsqueeze(1), c_seq[:, :-1]), dim=1) * keep.unsqueeze(-1)
 
 
+# Per-example [K*N, D] blocks at least this large are processed one example at a time (cache-resident
+# GEMM accumulation / injection); smaller ones with batched ops (Python call overhead dominates).
+_PER_EXAMPLE_MIN = 1 << 15
+
+
 def _as_gates(tensor: Tensor, num_gates: int) -> Tensor:
     """[B, K*N, D] weight sensitivity → [B, K, N, D] view."""
     return tensor.view(tensor.shape[0], num_gates, -1, tensor.shape[-1])
@@ -75,6 +80,17 @@ def carry_sensitivities_segment(
         # A_{1:T} ⊙ S_0, then the GEMM accumulates into it, one example at a time so that the
         # GEMM finds its [K*N, D] block still in cache (one pass over [B, K*N, D] from memory).
         s0 = sens0["weight_ih"]
+        if s0[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: batched ops, fewer Python calls
+            carried = _as_gates(s0, num_gates) * total[:, None, :, None]
+            return _carry_small_params(
+                {"weight_ih": carried.view_as(s0).baddbmm_(weights, x)},
+                gated,
+                after,
+                total,
+                d_pre,
+                d_params,
+                sens0,
+            )
         out = torch.empty_like(s0)
         s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(out, num_gates)
         scale = total[:, None, :, None]
@@ -82,6 +98,11 @@ def carry_sensitivities_segment(
             torch.mul(s0_gates[b], scale[b], out=out_gates[b])
             out[b].addmm_(weights[b], x[b])
         sens = {"weight_ih": out}
+    return _carry_small_params(sens, gated, after, total, d_pre, d_params, sens0)
+
+
+def _carry_small_params(sens, gated, after, total, d_pre, d_params, sens0):
+    """S_T of the per-unit parameters (weight_hh, bias, ...): [B, *shape], small."""
     for name, d in d_params.items():
         if d.shape == d_pre.shape and d.stride() == d_pre.stride() and d.data_ptr() == d_pre.data_ptr():
             sens[name] = gated.sum(1)  # d ≡ d_pre (e.g. a bias): reuse the product
@@ -126,6 +147,9 @@ def inject_sensitivities_(grad_w: Tensor, grad_c0: Tensor, sens: Tensor, num_gat
     Equal to ``einsum("bn,bknd->knd")``, but one fused multiply-add per example into the
     (cache-resident) gradient: a single pass over the sensitivities and no [B, K*N, D] temporary.
     """
+    if sens[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: one batched einsum
+        grad_w += torch.einsum("bn,bknd->knd", grad_c0, _as_gates(sens, num_gates)).reshape(grad_w.shape)
+        return grad_w
     acc = _as_gates(grad_w.unsqueeze(0), num_gates)[0]
     sens_gates = _as_gates(sens, num_gates)
     scale = grad_c0[:, None, :, None]
