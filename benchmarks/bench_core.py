@@ -27,21 +27,9 @@ import time
 import torch
 
 import rtrl_modules as rm
+from rtrl_modules.core.gradcheck import saved_tensor_bytes
 
 MODES = ("rtrl", "rtrl_stepwise", "tbptt")
-
-
-def saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def state_bytes(state) -> int:
@@ -79,7 +67,7 @@ def bench(batch: int, hidden: int, inputs: int, steps: int, reps: int, device: s
         core.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        kept = saved_bytes(lambda mode=mode: (core(x, state, gradient=mode)[0] * weights).sum())
+        kept = saved_tensor_bytes(lambda mode=mode: (core(x, state, gradient=mode)[0] * weights).sum())
         new_state = segment(mode)
         results[mode] = {
             "time": statistics.median(times[mode]),

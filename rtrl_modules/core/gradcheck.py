@@ -9,7 +9,7 @@ it unrolls the cell with plain autograd over the whole sequence (full BPTT) or p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -121,3 +121,17 @@ def check_rtrl_gradients(
         if bad:
             raise AssertionError(f"gradient mode {mode!r} differs from BPTT beyond {tolerance:g}: {bad}")
     return report
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn()`` runs (a memory diagnostic)."""
+    total = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return total

@@ -6,20 +6,7 @@ from tensordict import TensorDict
 
 import rtrl_modules as rm
 from rtrl_modules.cells import ELSTMCell
-
-
-def saved_bytes(fn):
-    """Bytes that autograd keeps for backward while ``fn`` runs."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+from rtrl_modules.core.gradcheck import saved_tensor_bytes
 
 
 def test_state_size_does_not_depend_on_segment_length_and_matches_formula():
@@ -41,7 +28,7 @@ def test_backward_memory_holds_no_per_step_sensitivities(mode):
 
     def run(steps):
         x = torch.randn(batch, steps, inputs, requires_grad=True)
-        return saved_bytes(lambda: core(x, state, gradient=mode))
+        return saved_tensor_bytes(lambda: core(x, state, gradient=mode))
 
     growth_per_step = (run(40) - run(20)) / 20
     per_step_sensitivity = batch * 2 * hidden * inputs * 4
