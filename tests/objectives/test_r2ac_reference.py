@@ -147,3 +147,21 @@ def test_bad_arguments_and_inputs():
     del batch["action_log_prob"]
     with pytest.raises(KeyError, match="action_log_prob"):
         R2ACLoss(agent)(batch)
+
+
+def test_one_step_segments_use_the_td_target():
+    """M = 1 (fully online): on-policy V-trace over one step is the TD target r + γ(1 − done) V(x')."""
+    torch.manual_seed(1)
+    heads = Heads().double()
+    agent = TensorDictModule(heads, in_keys=["observation"], out_keys=["logits", "state_value"])
+    loss_fn = R2ACLoss(agent, gamma=0.9, entropy_cost=0.0, baseline_cost=1.0, reward_clip=None)
+    batch = make_batch()[:, :1]
+    logits, value = heads(batch["observation"])
+    log_pi = logits.log_softmax(-1).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
+    batch["action_log_prob"] = log_pi.detach()  # on-policy: ρ = 1
+    _, next_value = heads(batch["next", "observation"])
+    target = batch["next", "reward"] + 0.9 * (~batch["next", "done"]).double() * next_value
+    out = loss_fn(batch)
+    torch.testing.assert_close(out["loss_critic"], 0.5 * (target - value).pow(2).sum().detach())
+    advantage = (target - value).detach().squeeze(-1)
+    torch.testing.assert_close(out["loss_objective"], -(log_pi * advantage).sum().detach())
