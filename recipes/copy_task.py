@@ -147,6 +147,8 @@ class CopyTaskModule(LightningModule):
         segment_length: k. Required for ``"tbptt"`` (the truncation); optional for ``"rtrl"`` (update
             after every k steps, sensitivities carried); must be unset for the other modes.
         hidden_size: N, eLSTM cells.
+        forget_bias: initial forget-gate bias b_f of the eLSTM (None: uniform like the other weights;
+            3.0: f ≈ 0.95 at start, memory spanning the 2T steps, used by the configs).
         lr: Adam learning rate.
         grad_clip: global gradient-norm clip per update (None: no clipping).
         stop_at_accuracy: stop training once validation sequence accuracy reaches this (None: never).
@@ -158,6 +160,7 @@ class CopyTaskModule(LightningModule):
         mode: Mode = "rtrl_online",
         segment_length: int | None = None,
         hidden_size: int = 128,
+        forget_bias: float | None = None,
         lr: float = 1e-3,
         grad_clip: float | None = 1.0,
         stop_at_accuracy: float | None = 1.0,
@@ -179,7 +182,7 @@ class CopyTaskModule(LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.mode, self.segment_length, self.grad_clip = mode, segment_length, grad_clip
-        self.core = ELSTM(VOCAB_SIZE, hidden_size, output_gate=True)
+        self.core = ELSTM(VOCAB_SIZE, hidden_size, output_gate=True, forget_bias=forget_bias)
         self.head = nn.Linear(hidden_size, NUM_CLASSES)
         # Progress counters (saved in checkpoints through the buffers).
         self.register_buffer("sequences_seen", torch.zeros((), dtype=torch.long))
@@ -308,6 +311,8 @@ class CopyTaskModule(LightningModule):
             "max_length": getattr(data, "max_length", None),
             "batch_size": getattr(data, "batch_size", None),
             "hidden_size": self.hparams.hidden_size,
+            "forget_bias": self.hparams.forget_bias,
+            "lr": self.hparams.lr,
             "best_val_seq_acc": float(self.best_val_seq_acc),
             "solved": solved,
             "solved_at_update": int(self.solved_at_update) if solved else None,

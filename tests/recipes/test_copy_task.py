@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -175,26 +176,47 @@ def test_bad_module_arguments(kwargs, message):
 
 
 # ------------------------------------------------------------------------------------------- learning
-@pytest.mark.slow
-def test_rtrl_reaches_full_sequence_accuracy_within_a_bounded_number_of_updates(tmp_path):
-    """Exact RTRL (one update per batch of 64) copies every one of 500 held-out sequences at T = 4.
-
-    Not T = 10: on this shared 2-core CPU, no setting tried reached 100% at T = 10 inside a CI budget
-    (full BPTT/RTRL: 76% after 1.2k updates in 3 min; docs/copy_task.md). At T = 4 the same recipe
-    (N = 64, Adam 1e-2, seed 0) reached 100% after 375 updates in about 6 s in a plain loop; the bound
-    of 1000 updates leaves ~2.5x for other seeds/ordering, and the run stops as soon as it is solved.
-    """
+def _fit_rtrl(tmp_path, max_length: int, max_steps: int, val_size: int, val_every: int) -> dict:
     import lightning.pytorch as pl
 
     pl.seed_everything(0)
-    model = CopyTaskModule(mode="rtrl", hidden_size=64, lr=1e-2, stop_at_accuracy=1.0)
-    data = CopyTaskData(max_length=4, batch_size=64, seed=0, val_size=500)
+    model = CopyTaskModule(mode="rtrl", hidden_size=128, forget_bias=3.0, lr=1e-2, stop_at_accuracy=1.0)
+    data = CopyTaskData(max_length=max_length, batch_size=128, seed=0, val_size=val_size)
     trainer = pl.Trainer(
-        max_steps=1000, val_check_interval=25, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path,
+        max_steps=max_steps, val_check_interval=val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
     trainer.fit(model, data)
-    summary = model.summary()
+    return model.summary()
+
+
+@pytest.mark.slow
+def test_rtrl_reaches_full_sequence_accuracy_at_t4_within_a_bounded_number_of_updates(tmp_path):
+    """Quick check: exact RTRL (one update per batch of 128) copies all 500 held-out sequences at T = 4."""
+    summary = _fit_rtrl(tmp_path, max_length=4, max_steps=1000, val_size=500, val_every=25)
     assert summary["solved"], summary
     assert summary["solved_at_update"] <= 1000
+
+
+T10_BOUND = 8_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("COPY_TASK_T10"), reason="several minutes on a 2-core CPU; set COPY_TASK_T10=1"
+)
+def test_rtrl_reaches_full_sequence_accuracy_at_t10_within_a_bounded_number_of_updates(tmp_path):
+    """Exact RTRL (one update per batch of 128, gradient = full BPTT's) copies all 500 held-out
+    sequences at T = 10 (pattern lengths 1..10, 20 steps) within T10_BOUND updates.
+
+    Recipe: N = 128, forget_bias 3, Adam 1e-2, clip 1, seed 0 (configs/copy_task/rtrl.yaml).
+    Opt-in (COPY_TASK_T10=1), and NOT verified to pass: with this recipe the best measured accuracy is
+    99.4% of 500 held-out sequences (plain loop, same init, data stream and gradient, 5.8k updates) and
+    99.6% of 1000 (benchmarks/copy_task_table.py --long, ~5.4k updates); neither reached 100% before it
+    was stopped. One update costs ~24 ms of CPU at batch 128, so T10_BOUND updates is ~3 min of a free
+    core (10+ min on the shared 2-core machine): not CI-sized. docs/copy_task.md has the numbers.
+    """
+    summary = _fit_rtrl(tmp_path, max_length=10, max_steps=T10_BOUND, val_size=500, val_every=50)
+    assert summary["solved"], summary
+    assert summary["solved_at_update"] <= T10_BOUND
