@@ -113,6 +113,8 @@ class R2ACModule(LightningModule):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if env_options and "seed" in env_options:
+            raise ValueError("set the seed with seed (rank r uses seed + 1000·r), not with env_options.seed")
         self.save_hyperparameters()
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -122,7 +124,6 @@ class R2ACModule(LightningModule):
         # The networks are built here (not in setup) so checkpoints load into them; envs come in setup.
         probe = self._make_env(num_envs=1, seed=seed)
         observation_key = "pixels" if "pixels" in probe.observation_spec.keys() else "observation"
-        self.observation_key = observation_key
         self.agent = make_agent(
             probe.observation_spec[observation_key].shape[1:],
             int(probe.action_spec.space.n),
@@ -153,8 +154,7 @@ class R2ACModule(LightningModule):
     # ------------------------------------------------------------------------------------ envs and data
     def _make_env(self, num_envs: int, seed: int, evaluation: bool = False):
         hp = self.hparams
-        options = dict(hp.env_options or {})
-        options.setdefault("seed", seed)
+        options = {**(hp.env_options or {}), "seed": seed}
         build = make_eval_env if evaluation else make_env
         env = build(hp.suite, hp.task, num_envs, **options)
         env.append_transform(PreviousReward())
