@@ -74,6 +74,20 @@ def grads(modules):
     return {f"{i}.{n}": p.grad.clone() for i, m in enumerate(modules) for n, p in m.named_parameters()}
 
 
+def bptt_reference_loss(kind, stem, rec, policy_head, value_head, data):
+    """Core features by plain autograd over the whole episode (full BPTT), and the same TorchRL loss
+    built on heads that read them."""
+    embed = stem.module(data["observation"])
+    features, _ = bptt_reference(rec.core, embed, data["is_init"].squeeze(-1))
+    ref_actor = ProbabilisticActor(
+        policy_head,
+        in_keys=["logits"],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
+    )
+    return features, make_loss(kind, ref_actor, value_head)
+
+
 @pytest.mark.parametrize("module_cls", [ELSTMModule, IndRNNModule])
 @pytest.mark.parametrize("kind", ["ppo", "a2c"])
 @pytest.mark.parametrize("gradient", ["rtrl", "rtrl_stepwise"])
@@ -94,15 +108,7 @@ def test_segmented_torchrl_loss_equals_full_episode_bptt(kind, gradient, module_
     # Reference: plain autograd over the whole episode, then the same loss on each segment.
     for m in (actor, critic):
         m.zero_grad()
-    embed = stem.module(data["observation"])
-    features, _ = bptt_reference(rec.core, embed, data["is_init"].squeeze(-1))
-    ref_actor = ProbabilisticActor(
-        policy_head,
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-        return_log_prob=True,
-    )
-    ref_loss = make_loss(kind, ref_actor, value_head)
+    features, ref_loss = bptt_reference_loss(kind, stem, rec, policy_head, value_head, data)
     for k in range(K):
         segment = data[:, k * SEG : (k + 1) * SEG].exclude("features").clone()
         segment["features"] = features[:, k * SEG : (k + 1) * SEG]
@@ -124,15 +130,7 @@ def test_tbptt_module_differs_from_full_bptt():
         total(loss_fn(data[:, k * SEG : (k + 1) * SEG].clone())).backward()
     got = rec.core.cell.weight_ih.grad.clone()
     rec.zero_grad()
-    embed = stem.module(data["observation"])
-    features, _ = bptt_reference(rec.core, embed, data["is_init"].squeeze(-1))
-    ref_actor = ProbabilisticActor(
-        policy_head,
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-        return_log_prob=True,
-    )
-    ref_loss = make_loss("a2c", ref_actor, value_head)
+    features, ref_loss = bptt_reference_loss("a2c", stem, rec, policy_head, value_head, data)
     for k in range(K):
         segment = data[:, k * SEG : (k + 1) * SEG].exclude("features").clone()
         segment["features"] = features[:, k * SEG : (k + 1) * SEG]
