@@ -45,8 +45,13 @@ def bench(batch: int, hidden: int, inputs: int, steps: int, reps: int, device: s
     _, state = core(x.detach(), state)  # non-zero carried sensitivities
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
+    # "rtrl" writes S_T into a reused buffer, as the TorchRL module does with its double-buffered
+    # store (a fresh B·2N·D tensor per segment costs first-touch page faults comparable to the math).
+    buffer = torch.empty_like(state["sensitivity", "weight_ih"])
+
     def segment(mode):
-        out, new_state = core(x, state, gradient=mode)
+        out_buffer = buffer if mode == "rtrl" else None
+        out, new_state = core(x, state, gradient=mode, sensitivity_out=out_buffer)
         (out * weights).sum().backward()
         return new_state
 

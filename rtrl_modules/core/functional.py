@@ -62,11 +62,18 @@ def _broadcast_units(values: Tensor, like: Tensor, lead: int) -> Tensor:
 
 
 def carry_sensitivities_segment(
-    jacobian: Tensor, d_pre: Tensor, d_params: dict[str, Tensor], x: Tensor, sens0: dict[str, Tensor] | None
+    jacobian: Tensor,
+    d_pre: Tensor,
+    d_params: dict[str, Tensor],
+    x: Tensor,
+    sens0: dict[str, Tensor] | None,
+    out: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """S_T by the exact segment form (DESIGN §2.1): reverse cumulative product + one bmm.
 
-    jacobian [B, T, N] (already zero at episode starts), d_pre [B, T, K, N], x [B, T, D].
+    jacobian [B, T, N] (already zero at episode starts), d_pre [B, T, K, N], x [B, T, D]. ``out``
+    [B, K*N, D], if given, receives the weight sensitivity (writing into reused memory avoids the
+    first-touch page faults of a fresh B·K·N·D buffer, which cost about as much as the arithmetic).
     """
     batch, steps, num_gates, hidden = d_pre.shape
     suffix = jacobian.flip(1).cumprod(1).flip(1)  # Π_{j ≥ t} J_j
@@ -75,15 +82,16 @@ def carry_sensitivities_segment(
     gated = d_pre * after.unsqueeze(2)  # [B, T, K, N]
     weights = gated.reshape(batch, steps, num_gates * hidden).transpose(1, 2)
     if sens0 is None:
-        sens = {"weight_ih": torch.bmm(weights, x)}  # [B, K*N, D]
+        sens = {"weight_ih": torch.bmm(weights, x, out=out)}  # [B, K*N, D]
     else:
         # A_{1:T} ⊙ S_0, then the GEMM accumulates into it, one example at a time so that the
         # GEMM finds its [K*N, D] block still in cache (one pass over [B, K*N, D] from memory).
         s0 = sens0["weight_ih"]
         if s0[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: batched ops, fewer Python calls
-            carried = _as_gates(s0, num_gates) * total[:, None, :, None]
+            carried = torch.empty_like(s0) if out is None else out
+            torch.mul(_as_gates(s0, num_gates), total[:, None, :, None], out=_as_gates(carried, num_gates))
             return _carry_small_params(
-                {"weight_ih": carried.view_as(s0).baddbmm_(weights, x)},
+                {"weight_ih": carried.baddbmm_(weights, x)},
                 gated,
                 after,
                 total,
@@ -91,7 +99,7 @@ def carry_sensitivities_segment(
                 d_params,
                 sens0,
             )
-        out = torch.empty_like(s0)
+        out = torch.empty_like(s0) if out is None else out
         s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(out, num_gates)
         scale = total[:, None, :, None]
         for b in range(batch):
@@ -160,7 +168,7 @@ def inject_sensitivities_(grad_w: Tensor, grad_c0: Tensor, sens: Tensor, num_gat
 
 class _ElementwiseRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, mode, track, names, x, keep, c0, weight_ih, *rest):
+    def forward(ctx, cell, mode, track, names, out_buffer, x, keep, c0, weight_ih, *rest):
         params = dict(zip(names, rest[: len(names)]))
         sens0 = dict(zip(("weight_ih", *names), rest[len(names) :])) or None
         batch, steps, _ = x.shape
@@ -173,8 +181,10 @@ class _ElementwiseRecurrence(torch.autograd.Function):
 
         sens = ()
         if track:
-            carry = carry_sensitivities_stepwise if mode == "rtrl_stepwise" else carry_sensitivities_segment
-            new = carry(jacobian, d_pre, d_params, x, sens0)
+            if mode == "rtrl_stepwise":
+                new = carry_sensitivities_stepwise(jacobian, d_pre, d_params, x, sens0)
+            else:
+                new = carry_sensitivities_segment(jacobian, d_pre, d_params, x, sens0, out_buffer[0])
             sens = tuple(new[name] for name in ("weight_ih", *names))
             ctx.mark_non_differentiable(*sens)
         # No zero-filled [B, K*N, D] gradients for the (non-differentiable) sensitivity outputs.
@@ -202,7 +212,7 @@ class _ElementwiseRecurrence(torch.autograd.Function):
             torch.addcmul(grad_c[:, t], jacobian[:, t + 1], delta[:, t + 1], out=delta[:, t])
         grad_c0 = jacobian[:, 0] * delta[:, 0]
         grad_pre = (delta.unsqueeze(2) * d_pre).reshape(batch, steps, num_gates * hidden)
-        grad_x = grad_pre @ weight_ih if ctx.needs_input_grad[4] else None
+        grad_x = grad_pre @ weight_ih if ctx.needs_input_grad[5] else None
 
         if mode == "rtrl_stepwise":
             grad_w = torch.zeros_like(weight_ih)
@@ -226,7 +236,7 @@ class _ElementwiseRecurrence(torch.autograd.Function):
 
         n_sens = len(saved) - len(names)
         return (
-            None, None, None, None,  # cell, mode, track, names
+            None, None, None, None, None,  # cell, mode, track, names, out_buffer
             grad_x, None, grad_c0, grad_w,
             *(grad_params[name] for name in names),
             *([None] * n_sens),
@@ -241,6 +251,7 @@ def elementwise_recurrence(
     sensitivities: dict[str, Tensor] | None = None,
     gradient: GradientMode = "rtrl",
     track_sensitivities: bool = True,
+    sensitivity_out: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor] | None]:
     """Run ``cell`` over a segment with the chosen gradient; functional form (no input checks).
 
@@ -252,6 +263,8 @@ def elementwise_recurrence(
         sensitivities: S_0 by parameter name, each [B, *param.shape]; None means zeros.
         gradient: ``"rtrl"``, ``"rtrl_stepwise"`` or ``"tbptt"``.
         track_sensitivities: compute S_T (ignored for ``"tbptt"``).
+        sensitivity_out: optional [B, K*N, D] buffer that receives S_T of ``weight_ih`` in the
+            ``"rtrl"`` mode (must not share memory with ``sensitivities``, which backward still needs).
     Returns:
         c [B, T, N], and S_T by parameter name (None when not tracked).
     """
@@ -268,7 +281,17 @@ def elementwise_recurrence(
         else tuple(sensitivities[name] for name in ("weight_ih", *names))
     )
     outputs = _ElementwiseRecurrence.apply(
-        cell, gradient, track, names, x, keep, c0, cell.weight_ih, *params.values(), *sens0
+        cell,
+        gradient,
+        track,
+        names,
+        (sensitivity_out,),
+        x,
+        keep,
+        c0,
+        cell.weight_ih,
+        *params.values(),
+        *sens0,
     )
     c_seq = outputs[0]
     if not track:

@@ -91,6 +91,7 @@ class RTRLCore(nn.Module):
         is_init: Tensor | None = None,
         gradient: GradientMode | None = None,
         track_sensitivities: bool | None = None,
+        sensitivity_out: Tensor | None = None,
     ) -> tuple[Tensor, TensorDict]:
         """Run the core over a segment.
 
@@ -102,6 +103,10 @@ class RTRLCore(nn.Module):
             gradient: override of the core's gradient mode for this call.
             track_sensitivities: compute the sensitivities to carry on. Default: in the RTRL
                 modes when autograd is on (so ``torch.no_grad()`` acting skips them).
+            sensitivity_out: optional reused buffer [B, *weight_ih.shape] for the new ``weight_ih``
+                sensitivity (the returned state then holds it). Writing into reused memory saves
+                the page faults of a fresh B·K·N·D tensor per call; it must not share memory with
+                the incoming state's sensitivities, which the backward still reads.
         Returns:
             ``out`` [B, T, output_size] and the new detached state.
         """
@@ -114,8 +119,11 @@ class RTRLCore(nn.Module):
         track_sensitivities = track_sensitivities and gradient != "tbptt"
         c0, sens0 = self._check_state(state, batch, x, keep, gradient, track_sensitivities)
 
+        out_buffer = self._check_sensitivity_out(sensitivity_out, batch, x, sens0)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c_seq, sens = elementwise_recurrence(self.cell, x, c0, keep, sens0, gradient, track_sensitivities)
+            c_seq, sens = elementwise_recurrence(
+                self.cell, x, c0, keep, sens0, gradient, track_sensitivities, out_buffer
+            )
         out = self.cell.output(x, c_seq)
 
         new_state = TensorDict({STATE_KEY: c_seq[:, -1].detach()}, batch_size=[batch], device=x.device)
@@ -126,6 +134,22 @@ class RTRLCore(nn.Module):
         return out, new_state
 
     # ----------------------------------------------------------------------------- checks
+    def _check_sensitivity_out(self, out: Tensor | None, batch: int, x: Tensor, sens0) -> Tensor | None:
+        if out is None:
+            return None
+        shape = (batch, *self.cell.weight_ih.shape)
+        if out.shape != shape or out.dtype != x.dtype or not out.is_contiguous():
+            raise ValueError(
+                f"sensitivity_out must be a contiguous {x.dtype} tensor of shape {shape}, "
+                f"got {out.dtype} {tuple(out.shape)}"
+            )
+        if sens0 is not None and any(out.untyped_storage().data_ptr() == s.untyped_storage().data_ptr()
+                                     for s in sens0.values()):  # fmt: skip
+            raise ValueError(
+                "sensitivity_out shares memory with the state's sensitivities (S_0 is still needed)"
+            )
+        return out
+
     def _check_state(self, state, batch, x, keep, gradient, track):
         if state is None:
             return x.new_zeros(batch, self.hidden_size), None

@@ -125,14 +125,36 @@ class CarriedSensitivities:
                 "set_sensitivities(), or use gradient='tbptt'."
             )
         # Move to the next segment: S_0 ← S_T of the previous one; record the new fingerprint.
-        moved = slots[advance]
-        self.start[moved] = self.end[moved]
+        full = self.is_full(slots)
+        if full and bool((~same).all()):
+            # Every env moves on: swap the two buffers instead of copying (rows that start an
+            # episode ignore S_0, so their stale contents do not matter).
+            self.start, self.end = self.end, self.start
+        elif bool(advance.any()):  # (an empty index assignment would still bump S_0's version)
+            moved = slots[advance]
+            self.start[moved] = self.end[moved]
         fresh = slots[~same]
         self.start_c[fresh] = c0[~same]
         self.has_start[fresh] = True
-        return self.start[slots]
+        return self.start if full else self.start[slots]
+
+    def is_full(self, slots: Tensor) -> bool:
+        """Whether ``slots`` is every slot in order (the usual [num_envs, T] batch)."""
+        return slots.numel() == self.num_slots and bool(
+            (slots == torch.arange(self.num_slots, device=slots.device)).all()
+        )
+
+    def end_buffer(self, slots: Tensor) -> TensorDict | None:
+        """Where the core may write S_T directly for a full batch (no copy in :meth:`store`)."""
+        return self.end if self.start is not None and self.is_full(slots) else None
 
     def store(self, slots: Tensor, sens_end: TensorDict) -> None:
-        """Record S_T [B, ...] of the latest call for these slots."""
-        self.end[slots] = sens_end
+        """Record S_T [B, ...] of the latest call for these slots (the weight sensitivity may
+        already be in place, written there by the core through :meth:`end_buffer`)."""
+        if self.is_full(slots):
+            for name, value in sens_end.items():
+                if value.data_ptr() != self.end[name].data_ptr():
+                    self.end[name].copy_(value)
+        else:
+            self.end[slots] = sens_end
         self.has_end[slots] = True

@@ -287,7 +287,13 @@ class RTRLModule(TensorDictModuleBase):
             state[SENSITIVITY_KEY] = self.carried.fetch(
                 slots, c0, is_init[:, 0], self.core.sensitivity_shapes(), num_slots
             )
-        out, new_state = self.core(value, state, is_init, gradient, track_sensitivities=carry)
+        out_buffer = None
+        if carry and gradient == "rtrl":
+            end = self.carried.end_buffer(slots)
+            out_buffer = None if end is None else end["weight_ih"]
+        out, new_state = self.core(
+            value, state, is_init, gradient, track_sensitivities=carry, sensitivity_out=out_buffer
+        )
         if carry:
             self.carried.store(slots, new_state[SENSITIVITY_KEY])
         return out, new_state[STATE_KEY]

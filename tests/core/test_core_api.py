@@ -161,3 +161,31 @@ def test_missing_sensitivities_are_fine_when_every_sequence_starts_an_episode():
     is_init[:, 0] = True
     _, state = core(torch.randn(2, 3, 3), state, is_init=is_init)
     assert "sensitivity" in state.keys()
+
+
+@pytest.mark.parametrize("inputs, hidden", [(5, 6), (257, 64)])  # batched and per-example carry paths
+def test_sensitivity_out_reuses_a_buffer_with_identical_results(inputs, hidden):
+    torch.manual_seed(0)
+    core = rm.ELSTM(inputs, hidden).double()
+    xs = [torch.randn(3, steps, inputs, dtype=torch.float64) for steps in (4, 3, 5)]
+
+    def run(double_buffer: bool):
+        core.zero_grad()
+        state = core.initial_state(3)
+        buffers = [torch.empty(3, 2 * hidden, inputs, dtype=torch.float64) for _ in range(2)]
+        for k, x in enumerate(xs):
+            out_buffer = buffers[k % 2] if double_buffer else None
+            out, state = core(x, state, sensitivity_out=out_buffer)
+            out.pow(2).sum().backward()
+            if double_buffer:
+                assert state["sensitivity", "weight_ih"].data_ptr() == out_buffer.data_ptr()
+        return state, {n: p.grad.clone() for n, p in core.named_parameters()}
+
+    (state_a, grads_a), (state_b, grads_b) = run(False), run(True)
+    torch.testing.assert_close(state_a["sensitivity", "weight_ih"], state_b["sensitivity", "weight_ih"])
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shares memory"):
+        core(xs[0], state_b, sensitivity_out=state_b["sensitivity", "weight_ih"])
+    with pytest.raises(ValueError, match="shape"):
+        core(xs[0], state_b, sensitivity_out=torch.empty(3, 5, inputs, dtype=torch.float64))
