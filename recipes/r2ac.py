@@ -156,8 +156,14 @@ class R2ACModule(LightningModule):
         hp = self.hparams
         options = {**(hp.env_options or {}), "seed": seed}
         build = make_eval_env if evaluation else make_env
-        env = build(hp.suite, hp.task, num_envs, **options)
+        return build(hp.suite, hp.task, num_envs, **options)
+
+    def _add_agent_transforms(self, env):
+        """What the agent reads besides the observation: the previous reward and, for recurrent
+        cores, the primer of the carried cell state."""
         env.append_transform(PreviousReward())
+        if hasattr(self.agent.core, "make_tensordict_primer"):
+            env.append_transform(self.agent.core.make_tensordict_primer())
         return env
 
     @property
@@ -173,9 +179,7 @@ class R2ACModule(LightningModule):
             return
         seed = self.hparams.seed + 1000 * self.global_rank
         torch.manual_seed(seed)
-        env = self._make_env(self.hparams.num_envs, seed)
-        if hasattr(self.agent.core, "make_tensordict_primer"):  # recurrent cores carry a state
-            env.append_transform(self.agent.core.make_tensordict_primer())
+        env = self._add_agent_transforms(self._make_env(self.hparams.num_envs, seed))
         collector = make_collector(env, self.actor, self.hparams.segment_length)
         self._runtime.update(env=env, collector=collector, batches=iter(collector))
 
@@ -295,20 +299,15 @@ class R2ACModule(LightningModule):
                 hp.task,
                 num_envs=min(8, hp.eval_episodes),
                 num_episodes=hp.eval_episodes,
-                env_transform=self._eval_transform,
+                env_transform=self._add_agent_transforms,
                 **options,
             )
-        env = self._eval_transform(self._make_env(min(hp.num_envs, hp.eval_episodes), seed, evaluation=True))
+        env = self._add_agent_transforms(
+            self._make_env(min(hp.num_envs, hp.eval_episodes), seed, evaluation=True)
+        )
         returns = evaluate(env, self.actor, hp.eval_episodes)
         env.close()
         return {"greedy_return": float(returns.mean())}
-
-    def _eval_transform(self, env):
-        if "prev_reward" not in env.observation_spec.keys():
-            env.append_transform(PreviousReward())
-        if hasattr(self.agent.core, "make_tensordict_primer"):
-            env.append_transform(self.agent.core.make_tensordict_primer())
-        return env
 
     def teardown(self, stage: str) -> None:
         if self.collector is not None:

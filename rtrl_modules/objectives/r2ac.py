@@ -114,8 +114,9 @@ class R2ACLoss(LossModule):
                 "R2ACLoss expects a [B, T] segment (batch, time); "
                 f"got batch_size {tuple(tensordict.batch_size)}"
             )
+        present = set(tensordict.keys(include_nested=True))
         for key in (keys.action, keys.sample_log_prob, ("next", keys.reward), ("next", keys.done)):
-            if key not in tensordict.keys(include_nested=True):
+            if key not in present:
                 raise KeyError(
                     f"the segment has no {key!r} entry; keys are {sorted(map(str, tensordict.keys()))}"
                 )
