@@ -41,11 +41,16 @@ def test_ddp_averages_rtrl_gradients_across_two_cpu_ranks(tmp_path):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # fmt: skip
     ranks = [
-        subprocess.Popen([sys.executable, str(WORKER), str(result)], env={**env, "RANK": str(rank)})
+        subprocess.Popen([sys.executable, str(WORKER), str(result)], env={**env, "RANK": str(rank)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in range(2)
-    ]
-    codes = [proc.wait(timeout=180) for proc in ranks]
-    assert codes == [0, 0]
+    ]  # fmt: skip
+    try:
+        outputs = [proc.communicate(timeout=150)[0] for proc in ranks]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    assert [proc.returncode for proc in ranks] == [0, 0], outputs
     got = torch.load(result)
     for name, grad in got.items():
         torch.testing.assert_close(grad, (per_rank[0][name] + per_rank[1][name]) / 2, rtol=1e-10, atol=1e-12)
