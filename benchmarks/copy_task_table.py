@@ -33,6 +33,7 @@ class Row:
     max_steps: int  # update budget
     segment_length: int | None = None
     minutes: int = 3  # wall-clock cap (trainer.max_time)
+    extra: tuple[str, ...] = ()  # further CLI overrides
 
     def command(self, log_dir: str | None = None) -> list[str]:
         cmd = [
@@ -42,6 +43,7 @@ class Row:
         ]  # fmt: skip
         if self.segment_length is not None:
             cmd.append(f"--model.init_args.segment_length={self.segment_length}")
+        cmd += list(self.extra)
         if log_dir is not None:  # keep table runs apart from interactive ones
             csv = "lightning.pytorch.loggers.CSVLogger"
             logger = f"[{{class_path: {csv}, init_args: {{save_dir: {log_dir}}}}}]"
@@ -64,8 +66,14 @@ ROWS = [
     Row("TBPTT k=25", "tbptt", 50, 4_000, segment_length=25, minutes=1),
 ]
 # Longer budget at T = 10 (``--long``): exact RTRL with one update per sequence batch (its gradient is full
-# BPTT's, tested), run alone until solved, to show where 100% is reached.
-LONG_ROWS = [Row("RTRL per sequence", "rtrl", 10, 10_000, minutes=20)]
+# BPTT's, tested), run until solved, to show where 100% is reached: the config's lr decay (10x after
+# 8,000 updates) and a constant lr.
+_LONG = ("--trainer.val_check_interval=50",)
+LONG_ROWS = [
+    Row("RTRL per sequence, lr decay at 8k", "rtrl", 10, 20_000, minutes=22, extra=_LONG),
+    Row("RTRL per sequence, constant lr", "rtrl", 10, 20_000, minutes=22,
+        extra=(*_LONG, "--model.init_args.lr_milestones=[]")),
+]  # fmt: skip
 
 
 def run_row(row: Row, log_root: Path) -> dict:

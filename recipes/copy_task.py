@@ -150,6 +150,9 @@ class CopyTaskModule(LightningModule):
         forget_bias: initial forget-gate bias b_f of the eLSTM (None: uniform like the other weights;
             3.0: f ≈ 0.95 at start, memory spanning the 2T steps, used by the configs).
         lr: Adam learning rate.
+        lr_milestones: updates after which the learning rate is multiplied by ``lr_gamma``
+            (torch's ``MultiStepLR``, stepped once per update); empty: constant.
+        lr_gamma: the decay factor at each milestone.
         grad_clip: global gradient-norm clip per update (None: no clipping).
         stop_at_accuracy: stop training once validation sequence accuracy reaches this (None: never).
         num_threads: ``torch.set_num_threads`` at setup (None: leave as is).
@@ -162,6 +165,8 @@ class CopyTaskModule(LightningModule):
         hidden_size: int = 128,
         forget_bias: float | None = None,
         lr: float = 1e-3,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
         grad_clip: float | None = 1.0,
         stop_at_accuracy: float | None = 1.0,
         num_threads: int | None = 1,
@@ -177,6 +182,11 @@ class CopyTaskModule(LightningModule):
             raise ValueError(f"segment_length must be a positive integer, got {segment_length!r}")
         if hidden_size < 1 or lr <= 0:
             raise ValueError(f"hidden_size and lr must be positive, got {hidden_size} and {lr}")
+        milestones = list(lr_milestones or [])
+        if any(not isinstance(m, int) or m < 1 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f"lr_milestones must be increasing positive update counts; got {lr_milestones}")
+        if not 0 < lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {lr_gamma}")
         if stop_at_accuracy is not None and not 0 < stop_at_accuracy <= 1:
             raise ValueError(f"stop_at_accuracy must be in (0, 1], got {stop_at_accuracy}")
         self.save_hyperparameters()
@@ -192,8 +202,13 @@ class CopyTaskModule(LightningModule):
         self._val_sums: dict[str, float] = {}
         self._fit_start = 0.0
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        milestones = list(self.hparams.lr_milestones or [])
+        if not milestones:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.hparams.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads is not None:
@@ -209,7 +224,7 @@ class CopyTaskModule(LightningModule):
 
     # --------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        opt = self.optimizers()
+        opt, schedule = self.optimizers(), self.lr_schedulers()
         x, y, mask, is_init = batch["inputs"], batch["targets"], batch["mask"], batch["is_init"]
         batch_size, steps = y.shape
         k, gradient = self._segment(steps), GRADIENT_OF_MODE[self.mode]
@@ -229,6 +244,8 @@ class CopyTaskModule(LightningModule):
             if self.grad_clip is not None:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
+            if schedule is not None:  # manual optimization: Lightning does not step it for us
+                schedule.step()
             losses.append(loss.detach())
         self.sequences_seen += batch_size
         pred = torch.cat(preds, dim=1)
@@ -313,6 +330,7 @@ class CopyTaskModule(LightningModule):
             "hidden_size": self.hparams.hidden_size,
             "forget_bias": self.hparams.forget_bias,
             "lr": self.hparams.lr,
+            "lr_milestones": list(self.hparams.lr_milestones or []),
             "best_val_seq_acc": float(self.best_val_seq_acc),
             "solved": solved,
             "solved_at_update": int(self.solved_at_update) if solved else None,

@@ -58,5 +58,3 @@ def fake_lab(monkeypatch):
     FakeLab.instances = []
     monkeypatch.setitem(sys.modules, "deepmind_lab", types.SimpleNamespace(Lab=FakeLab))
     return FakeLab
-
-
