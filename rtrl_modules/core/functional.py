@@ -95,8 +95,6 @@ def carry_sensitivities_segment(
     if sens0 is None:
         sens = {"weight_ih": torch.bmm(weights, x, out=out)}  # [B, K*N, D]
     else:
-        # A_{1:T} ⊙ S_0, then the GEMM accumulates into it, one example at a time so that the
-        # GEMM finds its [K*N, D] block still in cache (one pass over [B, K*N, D] from memory).
         s0 = sens0["weight_ih"]
         if s0[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: batched ops, fewer Python calls
             carried = torch.empty_like(s0) if out is None else out
@@ -110,12 +108,15 @@ def carry_sensitivities_segment(
                 d_params,
                 sens0,
             )
+        # One example at a time: the GEMM writes its [K*N, D] block without reading it (beta = 0),
+        # then A_{1:T} ⊙ S_0 is added while the block is still in cache, so memory sees one read of
+        # S_0 and one write of S_T (mul-then-addmm reads the output block back from memory as well).
         out = torch.empty_like(s0) if out is None else out
         s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(out, num_gates)
         scale = total[:, None, :, None]
         for b in range(batch):
-            torch.mul(s0_gates[b], scale[b], out=out_gates[b])
-            out[b].addmm_(weights[b], x[b])
+            torch.mm(weights[b], x[b], out=out[b])
+            out_gates[b].addcmul_(s0_gates[b], scale[b])
         sens = {"weight_ih": out}
     return _carry_small_params(sens, gated, after, total, d_pre, d_params, sens0)
 

@@ -5,7 +5,7 @@ import torch
 
 import rtrl_modules as rm
 from rtrl_modules.cells import ELSTMCell
-from rtrl_modules.core import bptt_reference
+from rtrl_modules.core import bptt_reference, functional
 
 CORES = [rm.ELSTM, rm.IndRNN, rm.LRU, rm.SRU]
 SPLITS = [(5, 1, 7, 3), (1, 1, 1, 1, 1, 1, 1), (2, 9, 4)]
@@ -18,6 +18,30 @@ def test_all_modes_match_bptt_float64(core_cls, split):
     core = core_cls(3, 6).double()
     report = rm.check_rtrl_gradients(core, batch_size=5, segment_lengths=split, seed=2)
     assert set(report) == {"rtrl", "rtrl_stepwise", "tbptt"}
+    for errors in report.values():
+        assert max(errors.values()) <= 1e-9
+
+
+@pytest.mark.parametrize("core_cls", CORES, ids=lambda c: c.__name__)
+def test_per_example_carry_and_injection_match_bptt_float64(core_cls, monkeypatch):
+    """Sensitivity blocks of [K*N, D] ≥ _PER_EXAMPLE_MIN (paper sizes) take the per-example GEMM carry
+    and injection instead of the batched ops: force that path at small sizes."""
+    monkeypatch.setattr(functional, "_PER_EXAMPLE_MIN", 0)
+    torch.manual_seed(1)
+    report = rm.check_rtrl_gradients(
+        core_cls(3, 6).double(), batch_size=5, segment_lengths=(5, 1, 7, 3), seed=2
+    )
+    for errors in report.values():
+        assert max(errors.values()) <= 1e-9
+
+
+def test_per_example_path_at_a_real_input_size_matches_bptt_float64():
+    """D = 257 (the agent's stem + previous reward), N = 64: 2·N·D = 32,896 takes the per-example path."""
+    assert 2 * 64 * 257 >= functional._PER_EXAMPLE_MIN
+    torch.manual_seed(4)
+    report = rm.check_rtrl_gradients(
+        rm.ELSTM(257, 64).double(), batch_size=4, segment_lengths=(4, 3, 5), seed=5
+    )
     for errors in report.values():
         assert max(errors.values()) <= 1e-9
 
