@@ -70,22 +70,25 @@ def build(core, shape, num_actions, hidden, channels_last):
 
 
 def bench(size, batch, steps, hidden, reps, channels_last_variants=(False,)):
+    """Median seconds per update for tbptt and rtrl, per memory format. The two cores are interleaved
+    within one memory format at a time: interleaving contiguous and channels_last models made the
+    first call after each format switch pay for it (measured: 0.69-0.88 "ratios" for channels_last)."""
     shape, num_actions = SIZES[size]
     td = fake_segment(shape, num_actions, batch, steps, hidden)
-    setups = {}
+    results = {}
     for cl in channels_last_variants:
-        for core in ("tbptt", "rtrl"):
-            setups[(core, cl)] = build(core, shape, num_actions, hidden, cl)
-    times = {k: [] for k in setups}
-    for _ in range(2):  # warm-up; the second RTRL call already has carried sensitivities
-        for loss, opt in setups.values():
-            update(loss, td, opt)
-    for _ in range(reps):
-        for key, (loss, opt) in setups.items():
-            start = time.perf_counter()
-            update(loss, td, opt)
-            times[key].append(time.perf_counter() - start)
-    return {f"{core}{'_cl' if cl else ''}": statistics.median(v) for (core, cl), v in times.items()}
+        setups = {core: build(core, shape, num_actions, hidden, cl) for core in ("tbptt", "rtrl")}
+        times = {k: [] for k in setups}
+        for _ in range(2):  # warm-up; the second RTRL call already has carried sensitivities
+            for loss, opt in setups.values():
+                update(loss, td, opt)
+        for _ in range(reps):
+            for core, (loss, opt) in setups.items():
+                start = time.perf_counter()
+                update(loss, td, opt)
+                times[core].append(time.perf_counter() - start)
+        results.update({f"{core}{'_cl' if cl else ''}": statistics.median(v) for core, v in times.items()})
+    return results
 
 
 def main() -> None:
