@@ -92,33 +92,27 @@ def carry_sensitivities_segment(
     after, total = suffix_products(jacobian)
     gated = d_pre * after.unsqueeze(2)  # [B, T, K, N]
     weights = gated.reshape(batch, steps, num_gates * hidden).transpose(1, 2)
-    if sens0 is None:
-        sens = {"weight_ih": torch.bmm(weights, x, out=out)}  # [B, K*N, D]
-    else:
-        s0 = sens0["weight_ih"]
-        if s0[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: batched ops, fewer Python calls
-            carried = torch.empty_like(s0) if out is None else out
-            torch.mul(_as_gates(s0, num_gates), total[:, None, :, None], out=_as_gates(carried, num_gates))
-            return _carry_small_params(
-                {"weight_ih": carried.baddbmm_(weights, x)},
-                gated,
-                after,
-                total,
-                d_pre,
-                d_params,
-                sens0,
+    # S_T = Σ_k (A_{k+1:T} ⊙ ∂c_k/∂a_k) x_kᵀ [+ A_{1:T} ⊙ S_0]: the GEMM writes its output without
+    # reading it (beta = 0), then A_{1:T} ⊙ S_0 is added in place.
+    if sens0 is None or sens0["weight_ih"][0].numel() < _PER_EXAMPLE_MIN:
+        # Small blocks (or no S_0): batched ops, fewer Python calls.
+        sens_w = torch.bmm(weights, x, out=out)  # [B, K*N, D]
+        if sens0 is not None:
+            _as_gates(sens_w, num_gates).addcmul_(
+                _as_gates(sens0["weight_ih"], num_gates), total[:, None, :, None]
             )
-        # One example at a time: the GEMM writes its [K*N, D] block without reading it (beta = 0),
-        # then A_{1:T} ⊙ S_0 is added while the block is still in cache, so memory sees one read of
-        # S_0 and one write of S_T (mul-then-addmm reads the output block back from memory as well).
-        out = torch.empty_like(s0) if out is None else out
-        s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(out, num_gates)
+    else:
+        # One example at a time, so the add finds the GEMM's [K*N, D] block still in cache: memory
+        # sees one read of S_0 and one write of S_T (scaling S_0 first and accumulating the GEMM into
+        # it reads the output block back from memory as well).
+        s0 = sens0["weight_ih"]
+        sens_w = torch.empty_like(s0) if out is None else out
+        s0_gates, out_gates = _as_gates(s0, num_gates), _as_gates(sens_w, num_gates)
         scale = total[:, None, :, None]
         for b in range(batch):
-            torch.mm(weights[b], x[b], out=out[b])
+            torch.mm(weights[b], x[b], out=sens_w[b])
             out_gates[b].addcmul_(s0_gates[b], scale[b])
-        sens = {"weight_ih": out}
-    return _carry_small_params(sens, gated, after, total, d_pre, d_params, sens0)
+    return _carry_small_params({"weight_ih": sens_w}, gated, after, total, d_pre, d_params, sens0)
 
 
 def _carry_small_params(sens, gated, after, total, d_pre, d_params, sens0):
