@@ -192,6 +192,7 @@ class CopyTaskModule(LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.mode, self.segment_length, self.grad_clip = mode, segment_length, grad_clip
+        self.lr_milestones = milestones
         self.core = ELSTM(VOCAB_SIZE, hidden_size, output_gate=True, forget_bias=forget_bias)
         self.head = nn.Linear(hidden_size, NUM_CLASSES)
         # Progress counters (saved in checkpoints through the buffers).
@@ -204,10 +205,11 @@ class CopyTaskModule(LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        milestones = list(self.hparams.lr_milestones or [])
-        if not milestones:
+        if not self.lr_milestones:
             return optimizer
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=self.hparams.lr_gamma)
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, self.lr_milestones, gamma=self.hparams.lr_gamma
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
@@ -330,7 +332,7 @@ class CopyTaskModule(LightningModule):
             "hidden_size": self.hparams.hidden_size,
             "forget_bias": self.hparams.forget_bias,
             "lr": self.hparams.lr,
-            "lr_milestones": list(self.hparams.lr_milestones or []),
+            "lr_milestones": self.lr_milestones,
             "best_val_seq_acc": float(self.best_val_seq_acc),
             "solved": solved,
             "solved_at_update": int(self.solved_at_update) if solved else None,
