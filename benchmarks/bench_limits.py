@@ -1,4 +1,4 @@
-"""The limits of RTRL, measured: cost per step against N and L, and the practical mode's fidelity.
+"""The limits of RTRL, measured: cost per step against N and L, and the layer-wise mode's fidelity.
 
     .venv/bin/python benchmarks/bench_limits.py            # full run (a few minutes on 2 CPU cores)
     .venv/bin/python benchmarks/bench_limits.py --quick    # smoke run
@@ -156,10 +156,10 @@ def main() -> None:
         steps,
         args.reps,
     )
-    local2 = sweep(
-        "2-layer eLSTM, per-layer RTRL",
+    layerwise2 = sweep(
+        "2-layer eLSTM, layer-wise RTRL",
         [8, 16] if q else [16, 64, 256, 1024, 4096],
-        lambda n: (StackedELSTM(d, [n, n]), {"gradient": "rtrl_local"}),
+        lambda n: (StackedELSTM(d, [n, n]), {"gradient": "rtrl_layerwise"}),
         batch,
         steps,
         args.reps,
@@ -173,10 +173,10 @@ def main() -> None:
         steps,
         args.reps,
     )
-    depth_local = sweep(
-        "L-layer eLSTM, per-layer RTRL",
+    depth_layerwise = sweep(
+        "L-layer eLSTM, layer-wise RTRL",
         [1, 2, 3] if q else [1, 2, 3, 4, 5, 6],
-        lambda n_layers: (StackedELSTM(d, [16] * n_layers), {"gradient": "rtrl_local"}),
+        lambda n_layers: (StackedELSTM(d, [16] * n_layers), {"gradient": "rtrl_layerwise"}),
         batch,
         steps,
         args.reps,
@@ -189,9 +189,9 @@ def main() -> None:
         ("eLSTM (no gate) vs N", elstm, 3),
         ("eLSTM (gate) vs N", elstm_gate, 3),
         ("2-layer exact vs N", exact2, 3),
-        ("2-layer per-layer vs N", local2, 3),
+        ("2-layer layer-wise vs N", layerwise2, 3),
         ("exact stack vs L", depth_exact, 3),
-        ("per-layer stack vs L", depth_local, 3),
+        ("layer-wise stack vs L", depth_layerwise, 3),
     ):
         row = {"series": name, **fits(rows, tail)}
         fitted.append(row)
@@ -199,21 +199,22 @@ def main() -> None:
 
     plot_scaling(
         {"fully recurrent RNN (exact)": rnn, "eLSTM, no gate (exact)": elstm,
-         "eLSTM + output gate": elstm_gate, "2-layer eLSTM exact": exact2, "2-layer eLSTM per-layer": local2},
+         "eLSTM + output gate": elstm_gate, "2-layer eLSTM exact": exact2,
+         "2-layer eLSTM layer-wise": layerwise2},
         "hidden size N",
         FIGURES / "limits_scaling_n.png",
         "RTRL cost per step vs N (D = 16, B = 1, CPU)",
     )  # fmt: skip
     plot_scaling(
-        {"exact (L(L+1)/2 blocks)": depth_exact, "per-layer RTRL": depth_local},
+        {"exact (L(L+1)/2 blocks)": depth_exact, "layer-wise RTRL": depth_layerwise},
         "number of layers L",
         FIGURES / "limits_scaling_depth.png",
         "eLSTM stack: RTRL cost per step vs depth (N = D = 16)",
     )
-    scaling = rnn + elstm + elstm_gate + exact2 + local2 + depth_exact + depth_local
+    scaling = rnn + elstm + elstm_gate + exact2 + layerwise2 + depth_exact + depth_layerwise
     write_csv(scaling, FIGURES / "limits_scaling.csv")
 
-    print("\n## gradient fidelity of per-layer RTRL vs full BPTT (fully online: segment length 1)")
+    print("\n## gradient fidelity of layer-wise RTRL vs full BPTT (fully online: segment length 1)")
     base_t = 64 if q else 256
     fid_depth = fidelity_sweep(depths=(1, 2, 3) if q else (1, 2, 3, 4), hidden_sizes=(8,), steps=(base_t,))
     fid_n = fidelity_sweep(depths=(2,), hidden_sizes=(4, 8) if q else (4, 8, 16, 32), steps=(base_t,))
@@ -268,7 +269,7 @@ def main() -> None:
     )
     axes[0].legend(fontsize=7)
     axes[3].legend(fontsize=7)
-    fig.suptitle("per-layer RTRL vs full BPTT (eLSTM stack, float64, one sequence, no resets)")
+    fig.suptitle("layer-wise RTRL vs full BPTT (eLSTM stack, float64, one sequence, no resets)")
     fig.tight_layout()
     fig.savefig(FIGURES / "limits_fidelity.png", dpi=110)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""The copy-task truncation table (docs/copy_task.md): RTRL online vs full BPTT vs TBPTT (k < T).
+"""The copy-task truncation table (docs/copy_task.md): stepwise RTRL vs full BPTT vs TBPTT (k < T).
 
 Each row is one ``python -m recipes fit`` run of a config in ``configs/copy_task/`` with a fixed
 update budget; the run stops early once all 1000 validation sequences are copied perfectly. Rows run
@@ -52,16 +52,16 @@ class Row:
 
 
 # Budgets: an update cap and a wall-clock cap per row (~21 CPU-minutes in all, sized for a shared 2-core
-# CPU); a row stops at whichever comes first, or once solved ("used" says where). Online RTRL makes
+# CPU); a row stops at whichever comes first, or once solved ("used" says where). Stepwise RTRL makes
 # ~2T-1 updates per batch of sequences, TBPTT 2T/k, full BPTT one.
 ROWS = [
-    Row("RTRL online", "rtrl_online", 10, 60_000, minutes=4),
+    Row("RTRL stepwise", "rtrl_stepwise", 10, 60_000, minutes=4),
     Row("full BPTT", "bptt", 10, 8_000, minutes=4),
     Row("TBPTT k=5", "tbptt", 10, 20_000, segment_length=5, minutes=4),
-    Row("RTRL online", "rtrl_online", 20, 60_000, minutes=2),
+    Row("RTRL stepwise", "rtrl_stepwise", 20, 60_000, minutes=2),
     Row("full BPTT", "bptt", 20, 4_000, minutes=2),
     Row("TBPTT k=10", "tbptt", 20, 8_000, segment_length=10, minutes=2),
-    Row("RTRL online", "rtrl_online", 50, 60_000, minutes=1),
+    Row("RTRL stepwise", "rtrl_stepwise", 50, 60_000, minutes=1),
     Row("full BPTT", "bptt", 50, 2_000, minutes=1),
     Row("TBPTT k=25", "tbptt", 50, 4_000, segment_length=25, minutes=1),
 ]

@@ -17,6 +17,8 @@ from .modules import (
     PreviousReward,
     RTRLModule,
     SRUModule,
+    TruncatedGradientError,
+    TruncatedGradientWarning,
     make_agent,
     make_recurrent_module,
 )
@@ -44,6 +46,8 @@ __all__ = [
     "IndRNNModule",
     "LRUModule",
     "SRUModule",
+    "TruncatedGradientWarning",
+    "TruncatedGradientError",
     "FeedForwardModule",
     "RECURRENT_KINDS",
     "make_recurrent_module",

@@ -1,5 +1,6 @@
 """RTRL autograd core: element-wise cells run over segments with exact, untruncated gradients."""
 
+from .base import RecurrentCoreBase
 from .functional import GRADIENT_MODES, elementwise_recurrence
 from .gradcheck import bptt_reference, check_rtrl_gradients
 from .recurrent import ELSTM, LRU, SRU, IndRNN, RTRLCore
@@ -9,6 +10,7 @@ __all__ = [
     "elementwise_recurrence",
     "bptt_reference",
     "check_rtrl_gradients",
+    "RecurrentCoreBase",
     "RTRLCore",
     "ELSTM",
     "IndRNN",

@@ -29,20 +29,40 @@ GradientMode = Literal["rtrl", "rtrl_stepwise", "tbptt"]
 GRADIENT_MODES: tuple[str, ...] = ("rtrl", "rtrl_stepwise", "tbptt")
 
 
-def unroll(cell: ElementwiseCell, pre: Tensor, c0: Tensor, keep: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """Run ``cell.step`` over time. pre [B, T, K, N], c0 [B, N], keep [B, T] → c [B, T, N]."""
+def unroll(
+    cell: ElementwiseCell,
+    pre: Tensor,
+    c0: Tensor,
+    keep: Tensor,
+    params: dict[str, Tensor],
+    restart: Tensor | None = None,
+) -> Tensor:
+    """Run ``cell.step`` over time. pre [B, T, K, N], c0 [B, N], keep [B, T] → c [B, T, N].
+
+    Where ``keep`` is 0 the step starts from ``restart[:, t]`` ([B, T, N]; zeros when None).
+    """
     c_seq = pre.new_empty(pre.shape[0], pre.shape[1], pre.shape[-1])
     c = c0
-    resets = not bool(keep.all())  # one check per segment; no per-step mask multiply without resets
-    for t in range(pre.shape[1]):
-        c = cell.step(pre[:, t], c * keep[:, t, None] if resets else c, **params)
+    # One data-dependent check per segment skips the per-step mask multiply when nothing resets; a
+    # single step (acting) or a traced call always multiplies (no host synchronisation, no branch).
+    steps = pre.shape[1]
+    resets = steps == 1 or torch.compiler.is_compiling() or not bool(keep.all())
+    for t in range(steps):
+        if resets:
+            c = c * keep[:, t, None]
+            if restart is not None:
+                c = c + (1 - keep[:, t, None]) * restart[:, t]
+        c = cell.step(pre[:, t], c, **params)
         c_seq[:, t] = c
     return c_seq
 
 
-def previous_states(c0: Tensor, c_seq: Tensor, keep: Tensor) -> Tensor:
-    """c_{t-1} as seen by step t (zero at episode starts): [B, T, N]."""
-    return torch.cat((c0.unsqueeze(1), c_seq[:, :-1]), dim=1) * keep.unsqueeze(-1)
+def previous_states(c0: Tensor, c_seq: Tensor, keep: Tensor, restart: Tensor | None = None) -> Tensor:
+    """c_{t-1} as seen by step t (``restart[:, t]``, or zero, where ``keep`` is 0): [B, T, N]."""
+    prev = torch.cat((c0.unsqueeze(1), c_seq[:, :-1]), dim=1) * keep.unsqueeze(-1)
+    if restart is not None:
+        prev = prev + (1 - keep).unsqueeze(-1) * restart
+    return prev
 
 
 # Per-example [K*N, D] blocks at least this large are processed one example at a time (cache-resident
@@ -174,13 +194,13 @@ def inject_sensitivities_(grad_w: Tensor, grad_c0: Tensor, sens: Tensor, num_gat
 
 class _ElementwiseRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, mode, track, names, out_buffer, x, keep, c0, weight_ih, *rest):
+    def forward(ctx, cell, mode, track, names, out_buffer, x, keep, c0, restart, weight_ih, *rest):
         params = dict(zip(names, rest[: len(names)]))
         sens0 = dict(zip(("weight_ih", *names), rest[len(names) :])) or None
         batch, steps, _ = x.shape
         pre = (x @ weight_ih.t()).view(batch, steps, cell.num_gates, cell.hidden_size)
-        c_seq = unroll(cell, pre, c0, keep, params)
-        c_prev = previous_states(c0, c_seq, keep)
+        c_seq = unroll(cell, pre, c0, keep, params, restart)
+        c_prev = previous_states(c0, c_seq, keep, restart)
         jacobian, d_pre, d_params = cell.local_derivatives(pre, c_prev, params)
         jacobian = jacobian * keep.unsqueeze(-1)
         d_params = {name: d.expand(batch, steps, *params[name].shape) for name, d in d_params.items()}
@@ -243,7 +263,7 @@ class _ElementwiseRecurrence(torch.autograd.Function):
         n_sens = len(saved) - len(names)
         return (
             None, None, None, None, None,  # cell, mode, track, names, out_buffer
-            grad_x, None, grad_c0, grad_w,
+            grad_x, None, grad_c0, None, grad_w,  # x, keep, c0, restart, weight_ih
             *(grad_params[name] for name in names),
             *([None] * n_sens),
         )  # fmt: skip
@@ -258,6 +278,7 @@ def elementwise_recurrence(
     gradient: GradientMode = "rtrl",
     track_sensitivities: bool = True,
     sensitivity_out: Tensor | None = None,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor] | None]:
     """Run ``cell`` over a segment with the chosen gradient; functional form (no input checks).
 
@@ -271,6 +292,9 @@ def elementwise_recurrence(
         track_sensitivities: compute S_T (ignored for ``"tbptt"``).
         sensitivity_out: optional [B, K*N, D] buffer that receives S_T of ``weight_ih`` in the
             ``"rtrl"`` mode (must not share memory with ``sensitivities``, which backward still needs).
+        restart: optional [B, T, N] states to restart from where ``keep`` is 0 (zeros when None).
+            They are constants: state, in-segment BPTT and sensitivities are cut there as at an
+            episode start (the stored-state truncated gradient of a mid-episode restart).
     Returns:
         c [B, T, N], and S_T by parameter name (None when not tracked).
     """
@@ -280,7 +304,7 @@ def elementwise_recurrence(
     if not torch.is_grad_enabled() and not track:
         # Acting: no graph, no local derivatives, no sensitivities.
         pre = (x @ cell.weight_ih.t()).view(x.shape[0], x.shape[1], cell.num_gates, cell.hidden_size)
-        return unroll(cell, pre, c0, keep, params), None
+        return unroll(cell, pre, c0, keep, params, restart), None
     sens0 = (
         ()
         if sensitivities is None or gradient == "tbptt"
@@ -295,6 +319,7 @@ def elementwise_recurrence(
         x,
         keep,
         c0,
+        restart,
         cell.weight_ih,
         *params.values(),
         *sens0,

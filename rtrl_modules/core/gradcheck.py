@@ -18,18 +18,20 @@ from .recurrent import RTRLCore
 
 
 def bptt_reference(
-    core: RTRLCore, x: Tensor, is_init: Tensor, c0: Tensor | None = None
+    core: RTRLCore, x: Tensor, is_init: Tensor, c0: Tensor | None = None, restart: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Plain autograd unroll of ``core`` over x [B, T, D] (no RTRL code): (out [B, T, N'], c_T [B, N])."""
+    """Plain autograd unroll of ``core`` over x [B, T, D] (no RTRL code): (out [B, T, N'], c_T [B, N]).
+
+    At ``is_init`` steps the state restarts from zero, or from ``restart[:, t]`` ([B, T, N], a constant)."""
     cell = core.cell
     batch, steps, _ = x.shape
     c = x.new_zeros(batch, cell.hidden_size) if c0 is None else c0
     pre = (x @ cell.weight_ih.t()).view(batch, steps, cell.num_gates, cell.hidden_size)
     states = []
     for t in range(steps):
-        c = cell.step(
-            pre[:, t], c * (~is_init[:, t]).to(x.dtype).unsqueeze(-1), **cell.recurrent_parameters()
-        )
+        start = is_init[:, t].unsqueeze(-1)
+        fresh = torch.zeros_like(c) if restart is None else restart[:, t].detach()
+        c = cell.step(pre[:, t], torch.where(start, fresh, c), **cell.recurrent_parameters())
         states.append(c)
     return cell.output(x, torch.stack(states, dim=1)), c
 

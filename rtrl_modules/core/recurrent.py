@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDict
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
-from .checks import check_gradient_mode, check_input, keep_mask
+from .base import SENSITIVITY_KEY, STATE_KEY, RecurrentCoreBase
 from .functional import GradientMode, elementwise_recurrence
 
-STATE_KEY = "c"
-SENSITIVITY_KEY = "sensitivity"
+__all__ = ["STATE_KEY", "SENSITIVITY_KEY", "RTRLCore", "ELSTM", "IndRNN", "LRU", "SRU"]
 
 
-class RTRLCore(nn.Module):
+class RTRLCore(RecurrentCoreBase):
     """Recurrent core over an :class:`~rtrl_modules.cells.ElementwiseCell`, trained by exact RTRL.
 
     Args:
@@ -40,7 +39,7 @@ class RTRLCore(nn.Module):
         if not isinstance(cell, ElementwiseCell):
             raise TypeError(f"cell must be an ElementwiseCell, got {type(cell).__name__}")
         self.cell = cell
-        self.gradient = check_gradient_mode(gradient)
+        self.gradient = self.check_gradient(gradient)
 
     @property
     def input_size(self) -> int:
@@ -54,35 +53,12 @@ class RTRLCore(nn.Module):
     def output_size(self) -> int:
         return self.cell.output_size
 
+    def _reference_parameter(self) -> Tensor:
+        return self.cell.weight_ih
+
     def sensitivity_shapes(self) -> dict[str, torch.Size]:
         """Per-example sensitivity shape of each RTRL-trained parameter."""
         return {name: p.shape for name, p in self.cell.rtrl_parameters().items()}
-
-    def initial_state(
-        self,
-        batch_size: int,
-        sensitivities: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> TensorDict:
-        """Zero state (and zero sensitivities) for ``batch_size`` sequences."""
-        ref = self.cell.weight_ih
-        device = ref.device if device is None else torch.device(device)
-        dtype = ref.dtype if dtype is None else dtype
-        state = TensorDict(
-            {STATE_KEY: torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)},
-            batch_size=[batch_size],
-            device=device,
-        )
-        if sensitivities:
-            state[SENSITIVITY_KEY] = TensorDict(
-                {
-                    name: torch.zeros(batch_size, *shape, device=device, dtype=dtype)
-                    for name, shape in self.sensitivity_shapes().items()
-                },
-                batch_size=[batch_size],
-            )
-        return state
 
     def forward(
         self,
@@ -92,7 +68,9 @@ class RTRLCore(nn.Module):
         gradient: GradientMode | None = None,
         track_sensitivities: bool | None = None,
         sensitivity_out: Tensor | None = None,
-    ) -> tuple[Tensor, TensorDict]:
+        restart_state: Tensor | None = None,
+        return_states: bool = False,
+    ) -> tuple[Tensor, TensorDict] | tuple[Tensor, TensorDict, Tensor]:
         """Run the core over a segment.
 
         Args:
@@ -107,22 +85,31 @@ class RTRLCore(nn.Module):
                 sensitivity (the returned state then holds it). Writing into reused memory saves
                 the page faults of a fresh B·K·N·D tensor per call; it must not share memory with
                 the incoming state's sensitivities, which the backward still reads.
+            restart_state: optional [B, T, N] state to restart from at ``is_init`` steps instead of
+                zeros (TorchRL's recurrent-mode contract: restart from the stored state). The
+                restart is a constant: gradients and sensitivities are truncated there.
+            return_states: also return the cell states c [B, T, N] (attached to the graph).
         Returns:
-            ``out`` [B, T, output_size] and the new detached state.
+            ``out`` [B, T, output_size] and the new detached state (and c when ``return_states``).
         """
-        gradient = check_gradient_mode(self.gradient if gradient is None else gradient)
-        x = check_input(x, self.input_size, self.cell.weight_ih.dtype)
+        gradient, x, keep = self._prologue(x, is_init, gradient)
         batch = x.shape[0]
-        keep = keep_mask(is_init, x)
         if track_sensitivities is None:
             track_sensitivities = torch.is_grad_enabled() and gradient != "tbptt"
         track_sensitivities = track_sensitivities and gradient != "tbptt"
         c0, sens0 = self._check_state(state, batch, x, keep, gradient, track_sensitivities)
 
         out_buffer = self._check_sensitivity_out(sensitivity_out, batch, x, sens0)
+        if restart_state is not None:
+            if restart_state.shape != (*x.shape[:2], self.hidden_size):
+                raise ValueError(
+                    f"restart_state must have shape [B, T, N] = {[*x.shape[:2], self.hidden_size]}, "
+                    f"got {list(restart_state.shape)}"
+                )
+            restart_state = restart_state.to(x.dtype).detach()
         with torch.autocast(device_type=x.device.type, enabled=False):
             c_seq, sens = elementwise_recurrence(
-                self.cell, x, c0, keep, sens0, gradient, track_sensitivities, out_buffer
+                self.cell, x, c0, keep, sens0, gradient, track_sensitivities, out_buffer, restart_state
             )
         out = self.cell.output(x, c_seq)
 
@@ -131,6 +118,8 @@ class RTRLCore(nn.Module):
             new_state[SENSITIVITY_KEY] = TensorDict(
                 {name: s.detach() for name, s in sens.items()}, batch_size=[batch]
             )
+        if return_states:
+            return out, new_state, c_seq
         return out, new_state
 
     # ----------------------------------------------------------------------------- checks
@@ -151,47 +140,12 @@ class RTRLCore(nn.Module):
         return out
 
     def _check_state(self, state, batch, x, keep, gradient, track):
-        if state is None:
-            return x.new_zeros(batch, self.hidden_size), None
-        if not isinstance(state, TensorDict):
-            raise TypeError(
-                f"state must be a TensorDict from initial_state() or a previous call, got {type(state)}"
-            )
-        if STATE_KEY not in state.keys():
-            raise KeyError(f"state has no {STATE_KEY!r} entry; create it with core.initial_state(batch_size)")
-        c0 = state[STATE_KEY]
-        if c0.shape != (batch, self.hidden_size):
-            raise ValueError(
-                f"state[{STATE_KEY!r}] has shape {tuple(c0.shape)} but this core needs [B, N] = "
-                f"[{batch}, {self.hidden_size}]: was the state made by a core of another size or batch?"
-            )
-        c0 = c0.to(x.dtype).detach()
+        """(c_0, S_0 by parameter name or None) from the carried state; see RecurrentCoreBase."""
+        c0 = self._read_state(state, batch, x)[STATE_KEY]
         if gradient == "tbptt" or not (track or torch.is_grad_enabled()):
             return c0, None
-        sens = state.get(SENSITIVITY_KEY, None)
-        if sens is None:
-            if bool((keep[:, 0] == 0).all()):
-                return c0, None  # every sequence starts an episode: zero sensitivities are exact
-            raise KeyError(
-                f"gradient={gradient!r} needs the carried sensitivities, but the state has no "
-                f"{SENSITIVITY_KEY!r} entry; create it with core.initial_state(batch_size) or start "
-                "every sequence with is_init=True"
-            )
-        out = {}
-        for name, shape in self.sensitivity_shapes().items():
-            if name not in sens.keys():
-                raise KeyError(
-                    f"state is missing the sensitivity of {name!r}; "
-                    f"expected {list(self.sensitivity_shapes())}"
-                )
-            s = sens[name]
-            if s.shape != (batch, *shape):
-                raise ValueError(
-                    f"sensitivity {name!r} has shape {tuple(s.shape)}, expected {(batch, *shape)}: "
-                    "was the state made by a core of another size?"
-                )
-            out[name] = s.to(x.dtype).detach()
-        return c0, out
+        sens = self._read_sensitivities(state, batch, x, keep, gradient)
+        return c0, None if sens is None else {key[-1]: s for key, s in sens.items()}
 
     def extra_repr(self) -> str:
         return f"gradient={self.gradient!r}"

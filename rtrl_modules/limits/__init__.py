@@ -2,8 +2,8 @@
 
 * :class:`FullyRecurrentRNN`: exact RTRL of a fully recurrent tanh RNN, O(N³) memory, O(N⁴) time.
 * :class:`StackedELSTM`: an eLSTM stack with exact multi-layer RTRL (L(L+1)/2 blocks, the
-  cross-layer ones dense) or the practical per-layer mode ``"rtrl_local"``.
-* :func:`gradient_fidelity` / :func:`fidelity_sweep`: the practical mode's gradient vs full BPTT.
+  cross-layer ones dense) or layer-wise RTRL ``"rtrl_layerwise"`` (the practical approximation).
+* :func:`gradient_fidelity` / :func:`fidelity_sweep`: the layer-wise mode's gradient vs full BPTT.
 """
 
 from .fidelity import bptt_rnn, bptt_stacked, compare, fidelity_sweep, gradient_fidelity, probe_loss

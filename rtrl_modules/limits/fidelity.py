@@ -1,9 +1,9 @@
-"""Full-BPTT references and the gradient-fidelity diagnostic of the practical multi-layer mode.
+"""Full-BPTT references and the gradient-fidelity diagnostic of layer-wise RTRL (``"rtrl_layerwise"``).
 
 The references share nothing with the RTRL code but the cells' ``step``/``output``: a plain
 autograd unroll over the whole sequence.
 
-    report = gradient_fidelity(depth=2, hidden_size=8, steps=64)   # per-layer RTRL, online
+    report = gradient_fidelity(depth=2, hidden_size=8, steps=64)   # layer-wise RTRL, online
     report["cosine"], report["relative_error"]                      # vs full BPTT
 """
 
@@ -84,7 +84,7 @@ def gradient_fidelity(
     segment_length: int = 1,
     input_size: int = 4,
     batch_size: int = 4,
-    gradient: str = "rtrl_local",
+    gradient: str = "rtrl_layerwise",
     lower_gradient: str = "rtrl",
     seed: int = 0,
     dtype: torch.dtype = torch.float64,

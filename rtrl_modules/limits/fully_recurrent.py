@@ -2,7 +2,8 @@
 
     h_t = tanh(W x_t + U h_{t-1} + b)          W [N, D], U [N, N], b [N]
 
-Same interface as :class:`rtrl_modules.RTRLCore`:
+Same interface as :class:`rtrl_modules.RTRLCore` (both are
+:class:`~rtrl_modules.core.base.RecurrentCoreBase`):
 
     core = FullyRecurrentRNN(input_size=4, hidden_size=16)
     state = core.initial_state(B)            # "c" [B, N]; ("sensitivity", name) [B, N, *param.shape]
@@ -25,17 +26,16 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from ._common import check_input, check_mode, check_state, keep_mask
+from ..core.base import SENSITIVITY_KEY, STATE_KEY, RecurrentCoreBase
 from .functional import contract_dense, inject_sensitivities, rnn_sensitivity_step
 
-STATE_KEY = "c"
-SENSITIVITY_KEY = "sensitivity"
-MODES: tuple[str, ...] = ("rtrl", "tbptt")
+GRADIENT_MODES: tuple[str, ...] = ("rtrl", "tbptt")
 
 
-class FullyRecurrentRNN(nn.Module):
+class FullyRecurrentRNN(RecurrentCoreBase):
     """Vanilla tanh RNN with exact (dense) RTRL; ``gradient`` is ``"rtrl"`` or ``"tbptt"``."""
 
+    gradient_modes = GRADIENT_MODES
     parameter_names: tuple[str, ...] = ("weight_ih", "weight_hh", "bias")
 
     def __init__(self, input_size: int, hidden_size: int, gradient: str = "rtrl") -> None:
@@ -44,7 +44,7 @@ class FullyRecurrentRNN(nn.Module):
             raise ValueError(f"input_size and hidden_size must be positive, got {input_size}, {hidden_size}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.output_size = hidden_size
-        self.gradient = check_mode(gradient, MODES)
+        self.gradient = self.check_gradient(gradient)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.empty(hidden_size))
@@ -53,24 +53,16 @@ class FullyRecurrentRNN(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def sensitivity_shapes(self) -> dict[str, torch.Size]:
-        """Per-example sensitivity shape of each parameter: [N, *param.shape]."""
+        """Per-example sensitivity shape of each parameter: [N, *param.shape] (dense).
+
+        The zero state of :meth:`initial_state` holds B·N·(N·D + N² + N) such numbers.
+        """
         return {
             name: torch.Size((self.hidden_size, *getattr(self, name).shape)) for name in self.parameter_names
         }
 
-    def initial_state(self, batch_size: int, sensitivities: bool = True) -> TensorDict:
-        """Zero state (and zero dense sensitivities: B·N·(N·D + N² + N) numbers)."""
-        ref = self.weight_hh
-        state = TensorDict({STATE_KEY: ref.new_zeros(batch_size, self.hidden_size)}, batch_size=[batch_size])
-        if sensitivities:
-            state[SENSITIVITY_KEY] = TensorDict(
-                {
-                    name: ref.new_zeros(batch_size, *shape)
-                    for name, shape in self.sensitivity_shapes().items()
-                },
-                batch_size=[batch_size],
-            )
-        return state
+    def _reference_parameter(self) -> Tensor:
+        return self.weight_hh
 
     def step(self, x_t: Tensor, h_prev: Tensor) -> Tensor:
         """h_t [B, N] from x_t [B, D] and h_{t-1} [B, N] (already zero at an episode start)."""
@@ -84,17 +76,14 @@ class FullyRecurrentRNN(nn.Module):
         gradient: str | None = None,
     ) -> tuple[Tensor, TensorDict]:
         """x [B, T, D] → (h [B, T, N], detached new state). See the module docstring."""
-        gradient = check_mode(self.gradient if gradient is None else gradient, MODES)
-        x = check_input(x, self.input_size, self.weight_hh.dtype)
+        gradient, x, keep = self._prologue(x, is_init, gradient)
         batch, steps, _ = x.shape
-        keep = keep_mask(is_init, x)
         track = gradient == "rtrl" and torch.is_grad_enabled()
         params = [getattr(self, name) for name in self.parameter_names]
 
-        if state is None:
-            state = self.initial_state(batch, sensitivities=False)
-        h0 = check_state(state, STATE_KEY, (batch, self.hidden_size))
-        sens0 = self._carried_sensitivities(state, batch, keep) if track else None
+        h0 = self._read_state(state, batch, x)[STATE_KEY]
+        carried = self._read_sensitivities(state, batch, x, keep, gradient) if track else None
+        sens0 = None if carried is None else {key[-1]: s for key, s in carried.items()}
         if sens0 is not None:
             h0 = inject_sensitivities(h0, params, lambda g: [contract_dense(g, sens0[n]) for n in sens0])
 
@@ -117,19 +106,6 @@ class FullyRecurrentRNN(nn.Module):
                     h_prev = h_t
             new_state[SENSITIVITY_KEY] = TensorDict(sens, batch_size=[batch])
         return out, new_state
-
-    def _carried_sensitivities(self, state: TensorDict, batch: int, keep: Tensor) -> dict[str, Tensor] | None:
-        if SENSITIVITY_KEY not in state.keys():
-            if bool((keep[:, 0] == 0).all()):
-                return None  # every sequence starts an episode: zero sensitivities are exact
-            raise KeyError(
-                f"gradient='rtrl' needs the carried sensitivities but the state has no {SENSITIVITY_KEY!r}; "
-                "create it with initial_state(batch_size) or start every sequence with is_init=True"
-            )
-        return {
-            name: check_state(state, (SENSITIVITY_KEY, name), (batch, *shape))
-            for name, shape in self.sensitivity_shapes().items()
-        }
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}, gradient={self.gradient!r}"

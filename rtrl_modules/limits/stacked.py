@@ -1,4 +1,4 @@
-"""A stack of eLSTM layers with exact multi-layer RTRL, or the practical per-layer approximation.
+"""A stack of eLSTM layers with exact multi-layer RTRL, or layer-wise RTRL (the approximation).
 
 Layer l (0-based) maps h_{l-1} (h_{-1} = x) to c_l and h_l = σ(O_l [h_{l-1}; c_l] + b_o) ⊙ c_l.
 The stack's state depends on every lower layer's parameters, so exact RTRL needs, per layer l,
@@ -22,12 +22,12 @@ Gradient modes:
   whole stack) and every carried block is injected on backward by
   :func:`~rtrl_modules.limits.functional.inject_sensitivities`; blocks are carried by the
   step-by-step recursion (no autograd). Equals full BPTT.
-* ``"rtrl_local"``: the practical mode. Each layer is an ordinary :class:`rtrl_modules.ELSTM`
-  core trained by RTRL on its own parameters (O(N·D) per layer); lower layers get their error
-  through the layers above by BPTT inside the segment only. The cross-layer temporal terms
-  carried across segments are dropped, so with one-step segments (fully online learning) every
-  cross-layer temporal term is dropped. ``lower_gradient="tbptt"`` truncates the lower layers'
-  gradients at the segment instead (no sensitivities for them).
+* ``"rtrl_layerwise"``: layer-wise RTRL, the practical approximation. Each layer is an ordinary
+  :class:`rtrl_modules.ELSTM` core trained by RTRL on its own parameters (O(N·D) per layer);
+  lower layers get their error through the layers above by BPTT inside the segment only. The
+  cross-layer temporal terms carried across segments are dropped, so with one-step segments
+  (fully online learning) every cross-layer temporal term is dropped. ``lower_gradient="tbptt"``
+  truncates the lower layers' gradients at the segment instead (no sensitivities for them).
 * ``"tbptt"``: every layer truncated at the segment.
 """
 
@@ -37,10 +37,12 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDict
+from tensordict.utils import NestedKey
 from torch import Tensor, nn
 
 from ..core import ELSTM
-from ._common import check_input, check_mode, check_state, keep_mask
+from ..core.base import SENSITIVITY_KEY, STATE_KEY, RecurrentCoreBase
+from ..core.checks import check_gradient_mode
 from .functional import (
     compact_to_dense,
     contract_compact,
@@ -51,24 +53,32 @@ from .functional import (
     unit_index,
 )
 
-MODES: tuple[str, ...] = ("rtrl", "rtrl_local", "tbptt")
-STATE_KEY, SENSITIVITY_KEY, CROSS_KEY = "c", "sensitivity", "cross"
+GRADIENT_MODES: tuple[str, ...] = ("rtrl", "rtrl_layerwise", "tbptt")
+LOWER_GRADIENT_MODES: tuple[str, ...] = ("rtrl", "tbptt")
+CROSS_KEY = "cross"
 
 
 def _layer(l: int) -> str:
     return f"layer{l}"
 
 
-class StackedELSTM(nn.Module):
-    """L eLSTM layers (each an :class:`rtrl_modules.ELSTM` core) with exact or per-layer RTRL.
+class StackedELSTM(RecurrentCoreBase):
+    """L eLSTM layers (each an :class:`rtrl_modules.ELSTM` core) with exact or layer-wise RTRL.
 
     Args:
         input_size: D.
         hidden_sizes: N_l per layer (its length is the depth L).
         output_gate: eLSTM output gates (h = σ(O[x; c]) ⊙ c); without, h = c.
-        gradient: default mode, ``"rtrl"`` (exact), ``"rtrl_local"`` (practical) or ``"tbptt"``.
-        lower_gradient: in ``"rtrl_local"``, ``"rtrl"`` or ``"tbptt"`` for layers below the top.
+        gradient: default mode, ``"rtrl"`` (exact), ``"rtrl_layerwise"`` (layer-wise RTRL, the
+            practical approximation) or ``"tbptt"``.
+        lower_gradient: in ``"rtrl_layerwise"``, ``"rtrl"`` or ``"tbptt"`` for layers below the top.
     """
+
+    gradient_modes = GRADIENT_MODES
+    state_hint = (
+        "initial_state(batch_size, cross=True) (every layer's sensitivities and the dense "
+        "cross-layer blocks)"
+    )
 
     def __init__(
         self,
@@ -81,8 +91,8 @@ class StackedELSTM(nn.Module):
         super().__init__()
         if len(hidden_sizes) == 0:
             raise ValueError("hidden_sizes must name at least one layer")
-        self.gradient = check_mode(gradient, MODES)
-        self.lower_gradient = check_mode(lower_gradient, ("rtrl", "tbptt"))
+        self.gradient = self.check_gradient(gradient)
+        self.lower_gradient = check_gradient_mode(lower_gradient, LOWER_GRADIENT_MODES)
         sizes = [input_size, *hidden_sizes]
         self.layers = nn.ModuleList(
             ELSTM(sizes[i], sizes[i + 1], output_gate=output_gate) for i in range(len(hidden_sizes))
@@ -120,20 +130,47 @@ class StackedELSTM(nn.Module):
             for m in range(l)
         }
 
+    # ----------------------------------------------------------------------------- state contract
+    def _reference_parameter(self) -> Tensor:
+        return self.layers[0].cell.weight_ih
+
+    def state_shapes(self) -> dict[NestedKey, torch.Size]:
+        """("layer{l}", "c") → [N_l]."""
+        return {(_layer(l), STATE_KEY): torch.Size((n,)) for l, n in enumerate(self.hidden_sizes)}
+
+    def sensitivity_shapes(self) -> dict[NestedKey, torch.Size]:
+        """("layer{l}", name) → per-example shape of layer l's own (element-wise) sensitivity."""
+        return {
+            (_layer(l), name): shape
+            for l, core in enumerate(self.layers)
+            for name, shape in core.sensitivity_shapes().items()
+        }
+
+    def sensitivity_keys(self, cross: bool = True) -> dict[NestedKey, torch.Size]:
+        """Own blocks ("layer{l}", "sensitivity", name); with ``cross``, the dense cross-layer ones.
+
+        The cross-layer blocks are ("layer{l}", "cross", "layer{m}"), m < l.
+        """
+        keys = {(layer, SENSITIVITY_KEY, name): s for (layer, name), s in self.sensitivity_shapes().items()}
+        if cross:
+            keys.update({(_layer(l), CROSS_KEY, _layer(m)): s for (l, m), s in self.cross_shapes().items()})
+        return keys
+
     def initial_state(
-        self, batch_size: int, sensitivities: bool = True, cross: bool | None = None
+        self,
+        batch_size: int,
+        sensitivities: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        cross: bool | None = None,
     ) -> TensorDict:
         """Zero state; ``cross`` (default: when the default mode is exact) adds the dense blocks."""
         cross = self.gradient == "rtrl" if cross is None else cross
-        state = TensorDict(
-            {_layer(l): core.initial_state(batch_size, sensitivities) for l, core in enumerate(self.layers)},
-            batch_size=[batch_size],
-        )
-        if sensitivities and cross:
-            ref = self.layers[0].cell.weight_ih
-            for (l, m), shape in self.cross_shapes().items():
-                state[_layer(l), CROSS_KEY, _layer(m)] = ref.new_zeros(batch_size, *shape)
-        return state
+        entries = dict(self.state_shapes())
+        if sensitivities:
+            entries.update(self.sensitivity_keys(cross))
+        return self._zero_state(batch_size, entries, device, dtype)
 
     # ----------------------------------------------------------------------------- forward
     def forward(
@@ -144,7 +181,7 @@ class StackedELSTM(nn.Module):
         gradient: str | None = None,
     ) -> tuple[Tensor, TensorDict]:
         """x [B, T, D] → (h of the top layer [B, T, N_{L-1}], detached new state)."""
-        gradient = check_mode(self.gradient if gradient is None else gradient, MODES)
+        gradient = self.check_gradient(gradient)
         if gradient == "rtrl":
             return self._forward_exact(x, state, is_init)
         inp, new = x, {}
@@ -156,14 +193,11 @@ class StackedELSTM(nn.Module):
         return inp, TensorDict(new, batch_size=[x.shape[0]])
 
     def _forward_exact(self, x: Tensor, state: TensorDict | None, is_init: Tensor | None):
-        x = check_input(x, self.input_size, self.layers[0].cell.weight_ih.dtype)
+        x, keep = self._check_input(x, is_init)
         batch, steps, _ = x.shape
-        keep = keep_mask(is_init, x)
         track = torch.is_grad_enabled()
-        if state is None:
-            state = self.initial_state(batch, sensitivities=False)
-        c0 = [check_state(state, (_layer(l), STATE_KEY), (batch, n)) for l, n in enumerate(self.hidden_sizes)]
-        carried = self._carried(state, batch, keep) if track else None
+        c0 = list(self._read_state(state, batch, x).values())
+        carried = self._carried(state, batch, x, keep) if track else None
         if carried is not None:
             own0, cross0 = carried
             for l in range(self.num_layers):
@@ -198,33 +232,19 @@ class StackedELSTM(nn.Module):
         return inp, new
 
     # ----------------------------------------------------------------------------- sensitivities
-    def _carried(self, state: TensorDict, batch: int, keep: Tensor):
+    def _carried(self, state: TensorDict | None, batch: int, x: Tensor, keep: Tensor):
         """(own [l] flat [B, P_rec_l], cross [l][m] [B, N_l, P_m]) from the state, or None if all start."""
-        try:
-            own = []
-            for l, core in enumerate(self.layers):
-                shapes = core.sensitivity_shapes()
-                parts = [
-                    check_state(state, (_layer(l), SENSITIVITY_KEY, n), (batch, *s)).reshape(batch, -1)
-                    for n, s in shapes.items()
-                ]
-                own.append(torch.cat(parts, dim=1))
-            shapes = self.cross_shapes()
-            cross = [
-                [
-                    check_state(state, (_layer(l), CROSS_KEY, _layer(m)), (batch, *shapes[l, m]))
-                    for m in range(l)
-                ]
-                for l in range(self.num_layers)
-            ]
-        except KeyError:
-            if bool((keep[:, 0] == 0).all()):
-                return None  # every sequence starts an episode: zero sensitivities are exact
-            raise KeyError(
-                "gradient='rtrl' (exact) needs every layer's sensitivities and the dense cross-layer blocks; "
-                "create the state with initial_state(batch_size, cross=True) or start every sequence with "
-                "is_init=True"
-            ) from None
+        blocks = self._read_sensitivities(state, batch, x, keep, "rtrl", self.sensitivity_keys(cross=True))
+        if blocks is None:
+            return None
+        own = [
+            torch.cat(
+                [blocks[_layer(l), SENSITIVITY_KEY, n].reshape(batch, -1) for n in core.sensitivity_shapes()],
+                dim=1,
+            )
+            for l, core in enumerate(self.layers)
+        ]
+        cross = [[blocks[_layer(l), CROSS_KEY, _layer(m)] for m in range(l)] for l in range(self.num_layers)]
         return own, cross
 
     def _inject(self, l: int, c0: Tensor, own0: Tensor, cross0: list[list[Tensor]]) -> Tensor:

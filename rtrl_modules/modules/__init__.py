@@ -3,7 +3,16 @@
 from .agent import Agent, ConcatPrevReward, ImpalaStem, MLPStem, PreviousReward, load_stem, make_agent
 from .baselines import RECURRENT_KINDS, FeedForwardModule, make_recurrent_module
 from .carry import CarriedSensitivities
-from .recurrent import ELSTMModule, IndRNNModule, LRUModule, RTRLModule, SRUModule
+from .recurrent import (
+    ELSTMModule,
+    IndRNNModule,
+    LRUModule,
+    RTRLModule,
+    SRUModule,
+    TruncatedGradientError,
+    TruncatedGradientWarning,
+    segment_start_counts,
+)
 
 __all__ = [
     "Agent",
@@ -21,5 +30,8 @@ __all__ = [
     "LRUModule",
     "RTRLModule",
     "SRUModule",
+    "TruncatedGradientError",
+    "TruncatedGradientWarning",
     "make_recurrent_module",
+    "segment_start_counts",
 ]

@@ -2,17 +2,18 @@
 
     core = make_recurrent_module("rtrl", input_size=257, hidden_size=256, in_key="embed", out_key="features")
 
-=================  ==============================================================  =====================
-kind               module                                                          state key(s)
-=================  ==============================================================  =====================
-``"rtrl"``         :class:`ELSTMModule`, exact RTRL (segment form)                 ``recurrent_state``
-``"rtrl_stepwise"``  :class:`ELSTMModule`, exact RTRL (paper's step recursion)     ``recurrent_state``
-``"tbptt"``        :class:`ELSTMModule`, gradient truncated at the segment start   ``recurrent_state``
-``"lstm"``         ``torchrl.modules.LSTMModule`` (TBPTT)                          ``recurrent_state_h/c``
-``"feedforward"``  :class:`FeedForwardModule`: Linear + ReLU, no recurrent state   none
-=================  ==============================================================  =====================
+===================  ==============================================================  =====================
+core                 module                                                          state key(s)
+===================  ==============================================================  =====================
+``"rtrl"``           :class:`ELSTMModule`, exact RTRL (segment form)                 ``recurrent_state``
+``"rtrl_stepwise"``  :class:`ELSTMModule`, exact RTRL (step-by-step recursion)       ``recurrent_state``
+``"tbptt"``          :class:`ELSTMModule`, gradient truncated at the segment start   ``recurrent_state``
+``"lstm"``           ``torchrl.modules.LSTMModule`` (TBPTT)                          ``recurrent_state_h/c``
+``"feedforward"``    :class:`FeedForwardModule`: Linear + ReLU, no recurrent state   none
+===================  ==============================================================  =====================
 
-Every kind reads ``in_key`` [*, input_size] and writes ``out_key`` [*, hidden_size].
+The eLSTM choices are the core's gradient modes (:data:`rtrl_modules.GRADIENT_MODES`), passed on as
+``gradient=``. Every core reads ``in_key`` [*, input_size] and writes ``out_key`` [*, hidden_size].
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 
+from ..core.functional import GRADIENT_MODES
 from .recurrent import ELSTMModule
 
-RECURRENT_KINDS: tuple[str, ...] = ("rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward")
+# The choices of recurrent core (``make_agent(core=...)``, the recipes' ``core``): the eLSTM under
+# each gradient mode of the core, then the baselines.
+RECURRENT_KINDS: tuple[str, ...] = (*GRADIENT_MODES, "lstm", "feedforward")
 
 
 class FeedForwardModule(TensorDictModuleBase):
@@ -43,7 +47,7 @@ class FeedForwardModule(TensorDictModuleBase):
 
 
 def make_recurrent_module(
-    kind: str,
+    core: str,
     input_size: int,
     hidden_size: int,
     *,
@@ -52,25 +56,23 @@ def make_recurrent_module(
     output_gate: bool = True,
     **kwargs,
 ) -> TensorDictModuleBase:
-    """Build the recurrent core of the given ``kind`` (one of :data:`RECURRENT_KINDS`).
+    """Build the recurrent core ``core`` (one of :data:`RECURRENT_KINDS`), as ``make_agent(core=...)``.
 
-    Extra ``kwargs`` go to the module (e.g. ``slot_key`` for the eLSTM kinds).
+    Extra ``kwargs`` go to the module (e.g. ``slot_key`` for the eLSTM cores).
     """
-    if kind not in RECURRENT_KINDS:
-        raise ValueError(
-            f"unknown recurrent module kind {kind!r}; valid choices are {', '.join(RECURRENT_KINDS)}"
-        )
-    if kind in ("rtrl", "rtrl_stepwise", "tbptt"):
+    if core not in RECURRENT_KINDS:
+        raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
+    if core in GRADIENT_MODES:
         return ELSTMModule(
             input_size,
             hidden_size,
             output_gate=output_gate,
-            gradient=kind,
+            gradient=core,
             in_key=in_key,
             out_key=out_key,
             **kwargs,
         )
-    if kind == "lstm":
+    if core == "lstm":
         from torchrl.modules import LSTMModule
 
         return LSTMModule(

@@ -13,9 +13,11 @@ tensordict: the module carries them per environment slot (see :mod:`.carry`).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from tensordict import TensorDict, TensorDictBase, unravel_key_list
-from tensordict.nn import TensorDictModuleBase
+from tensordict import TensorDict, TensorDictBase, unravel_key
+from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey
 from torch import Tensor
 
@@ -23,14 +25,59 @@ from ..core import ELSTM, LRU, SRU, IndRNN, RTRLCore
 from ..core.checks import check_gradient_mode
 from ..core.functional import GRADIENT_MODES
 from ..core.recurrent import SENSITIVITY_KEY, STATE_KEY
-from .carry import CarriedSensitivities
+from .carry import TRUNCATION_CAUSES, CarriedSensitivities
 
 DEFAULT_STATE_KEY = "recurrent_state"
+
+
+class TruncatedGradientWarning(UserWarning):
+    """A segment start got the stored-state truncated gradient instead of exact RTRL."""
+
+
+class TruncatedGradientError(RuntimeError):
+    """Raised instead of :class:`TruncatedGradientWarning` by modules built with ``strict=True``."""
+
+
 IS_INIT_KEY = "is_init"
 
 
 def _as_tuple(key: NestedKey) -> tuple[str, ...]:
     return key if isinstance(key, tuple) else (key,)
+
+
+def _check_key(key, what: str, owner: str) -> NestedKey:
+    """One NestedKey (a str or a tuple of str), unravelled; anything else is a clear TypeError."""
+
+    def valid(k) -> bool:
+        return isinstance(k, str) or (isinstance(k, tuple) and len(k) > 0 and all(map(valid, k)))
+
+    if not valid(key):
+        raise TypeError(
+            f"{owner}: {what} must be a key (a str or a tuple of str), got {key!r}"
+            + (f"; to pass several keys use {what}s=[...]" if isinstance(key, list) else "")
+        )
+    return unravel_key(key)
+
+
+def _check_key_list(keys, what: str, owner: str) -> list[NestedKey]:
+    if not isinstance(keys, (list, tuple)):
+        hint = f"; for a single key use {what[:-1]}={keys!r}" if isinstance(keys, str) else ""
+        raise TypeError(
+            f"{owner}: {what} must be a list or tuple of keys, got {type(keys).__name__} {keys!r}{hint}"
+        )
+    return [_check_key(key, f"every entry of {what}", owner) for key in keys]
+
+
+def _is_init_like(key: NestedKey, is_init_key: NestedKey) -> bool:
+    return key == is_init_key or _as_tuple(key)[-1].lower().endswith("init")
+
+
+_SINGLE_STATE = (
+    "RTRL modules have a single recurrent state (the cell state c, like GRUModule's one hidden "
+    "state; LSTMModule has two, h and c): use in_keys=[value, state] or [value, state, is_init] and "
+    "out_keys=[out, ('next', state)], or in_key=/out_key= for the default state key "
+    f"{DEFAULT_STATE_KEY!r}"
+)
 
 
 def resolve_keys(
@@ -40,8 +87,17 @@ def resolve_keys(
     out_keys: list[NestedKey] | None,
     state_key: NestedKey = DEFAULT_STATE_KEY,
     owner: str = "RTRLModule",
+    is_init_key: NestedKey = IS_INIT_KEY,
 ) -> tuple[list[NestedKey], list[NestedKey]]:
-    """LSTMModule's key rules: ``in_key``/``out_key`` xor full ``in_keys``/``out_keys``."""
+    """GRUModule's key rules (one state): ``in_key``/``out_key`` xor full ``in_keys``/``out_keys``.
+
+    ``in_keys`` is ``[value, state]`` (``is_init_key`` is appended) or ``[value, state, is_init]``
+    where the third key's last name ends in ``"init"`` (``"is_init"``, ``("agent", "is_init")``) or
+    equals ``is_init_key``; ``out_keys`` is ``[out, next_state]``. Every key is a str or a tuple of
+    str. LSTMModule's two-state layouts (``[value, h, c]``, ``[value, h, c, "is_init"]``, three
+    ``out_keys``) are rejected with a message that says what to use instead: silently reading ``c``
+    as the ``is_init`` marker would be wrong.
+    """
     if (in_key is None) == (in_keys is None):
         raise ValueError(
             f"{owner}: give exactly one of in_key or in_keys, got in_key={in_key}, in_keys={in_keys}"
@@ -50,19 +106,139 @@ def resolve_keys(
         raise ValueError(
             f"{owner}: give exactly one of out_key or out_keys, got out_key={out_key}, out_keys={out_keys}"
         )
-    in_keys = [in_key, state_key] if in_keys is None else list(unravel_key_list(list(in_keys)))
-    out_keys = (
-        [out_key, ("next", *_as_tuple(state_key))]
-        if out_keys is None
-        else list(unravel_key_list(list(out_keys)))
-    )
+    state_key = _check_key(state_key, "state_key", owner)
+    is_init_key = _check_key(is_init_key, "is_init_key", owner)
+    if in_keys is None:
+        in_keys = [_check_key(in_key, "in_key", owner), state_key]
+    else:
+        in_keys = _check_key_list(in_keys, "in_keys", owner)
+    if out_keys is None:
+        out_keys = [_check_key(out_key, "out_key", owner), ("next", *_as_tuple(state_key))]
+    else:
+        out_keys = _check_key_list(out_keys, "out_keys", owner)
+
+    if len(in_keys) == 3 and not _is_init_like(in_keys[2], is_init_key):
+        raise ValueError(
+            f"{owner}: in_keys={in_keys} looks like LSTMModule's [value, h, c]; {_SINGLE_STATE}. "
+            f"(If {in_keys[2]!r} really is the episode-start marker, also pass is_init_key={in_keys[2]!r}.)"
+        )
+    if len(in_keys) == 4 and _is_init_like(in_keys[3], is_init_key):
+        raise ValueError(
+            f"{owner}: in_keys={in_keys} looks like LSTMModule's [value, h, c, is_init]; {_SINGLE_STATE}"
+        )
+    if len(out_keys) == 3:
+        raise ValueError(
+            f"{owner}: out_keys={out_keys} looks like LSTMModule's [out, next_h, next_c]; {_SINGLE_STATE}"
+        )
     if len(in_keys) == 2:
-        in_keys.append(IS_INIT_KEY)
+        in_keys.append(is_init_key)
     if len(in_keys) != 3:
         raise ValueError(f"{owner}: in_keys must be [value, state] or [value, state, is_init], got {in_keys}")
     if len(out_keys) != 2:
         raise ValueError(f"{owner}: out_keys must be [output, ('next', state)], got {out_keys}")
+    if len(set(in_keys)) != 3 or out_keys[0] == out_keys[1]:
+        raise ValueError(f"{owner}: the keys must be distinct, got in_keys={in_keys}, out_keys={out_keys}")
     return in_keys, out_keys
+
+
+_RECURRENT_BACKENDS = ("auto", "pad", "scan", "triton")  # LSTMModule's valid values (torchrl 0.14)
+_MATMUL_PRECISIONS = ("auto", "fast", "high-prec", "ieee", "tf32", "tf32x3")
+
+
+def check_lstm_options(
+    owner: str,
+    *,
+    num_layers: int = 1,
+    bias: bool = True,
+    batch_first: bool = True,
+    dropout: float = 0,
+    proj_size: int = 0,
+    bidirectional: bool = False,
+    recurrent_backend: str = "pad",
+    recurrent_recompute: str = "none",
+    recurrent_matmul_precision: str = "auto",
+    lstm: torch.nn.Module | None = None,
+    gru: torch.nn.Module | None = None,
+) -> None:
+    """Validate the ``LSTMModule``/``GRUModule`` keywords an RTRL module accepts as no-ops.
+
+    Each supported value is accepted; each other one raises an error that says why and what to use.
+    """
+    if lstm is not None or gru is not None:
+        raise TypeError(
+            f"{owner} cannot wrap an nn.LSTM/nn.GRU (lstm=/gru=): their dense recurrent matrix makes exact "
+            "RTRL cost O(N^4) per step. Build the module from sizes instead, e.g. "
+            "ELSTMModule(input_size, hidden_size, in_key=..., out_key=...), or wrap any RTRLCore with "
+            "RTRLModule(core, ...)"
+        )
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"{owner}: num_layers must be a positive int, got {num_layers!r}")
+    if num_layers > 1:
+        raise ValueError(
+            f"{owner} is a single recurrent layer (num_layers=1); got num_layers={num_layers}. For "
+            "several layers use rtrl_modules.limits.StackedELSTM (exact multi-layer RTRL, "
+            "gradient='rtrl', or layer-wise RTRL 'rtrl_layerwise'), or chain several RTRL "
+            "modules in a TensorDictSequential (each layer trained by its own RTRL: the cross-layer "
+            "sensitivities are dropped, like StackedELSTM's 'rtrl_layerwise')"
+        )
+    if not bias:
+        raise ValueError(
+            f"{owner}: bias=False is not supported: the cells' recurrent biases are part of the "
+            "element-wise recurrence trained by RTRL. Keep bias=True (the default)"
+        )
+    if not batch_first:
+        raise ValueError(
+            f"{owner}: batch_first=False is not supported: TorchRL modules are batch-first (tensordicts "
+            "are [*batch, T] with time as the last batch dimension; LSTMModule rejects it too)"
+        )
+    if dropout:
+        raise ValueError(
+            f"{owner}: dropout={dropout!r} is not supported: LSTM dropout acts between stacked layers "
+            "and this is a single layer. Put a TensorDictModule(nn.Dropout(p), ...) on the input or "
+            "output key instead"
+        )
+    if proj_size:
+        raise ValueError(
+            f"{owner}: proj_size={proj_size!r} is not supported: the output is not fed back into the "
+            "recurrence, so a projection is just a TensorDictModule(nn.Linear(hidden_size, proj_size)) "
+            "on the output key"
+        )
+    if bidirectional:
+        raise ValueError(
+            f"{owner}: bidirectional=True is not supported: an acting policy sees one step at a time "
+            "and RTRL runs forward in time only (LSTMModule's python_based mode rejects it too)"
+        )
+    if recurrent_backend not in _RECURRENT_BACKENDS:
+        raise ValueError(
+            f"{owner}: recurrent_backend must be one of {', '.join(map(repr, _RECURRENT_BACKENDS))} (as "
+            f"for LSTMModule; all are no-ops here: RTRL has its own recurrence), got {recurrent_backend!r}"
+        )
+    if recurrent_recompute != "none":
+        raise ValueError(
+            f"{owner}: recurrent_recompute={recurrent_recompute!r} is not supported (RTRL modules have no "
+            "activation-recompute path); use 'none'"
+        )
+    if recurrent_matmul_precision not in _MATMUL_PRECISIONS:
+        raise ValueError(
+            f"{owner}: recurrent_matmul_precision must be one of {', '.join(map(repr, _MATMUL_PRECISIONS))}, "
+            f"got {recurrent_matmul_precision!r}"
+        )
+
+
+def _check_dtype(dtype: torch.dtype | None, owner: str) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{owner}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+
+
+def _build_core(factory, device, dtype, owner: str) -> RTRLCore:
+    """Build a core with its parameters created on ``device`` (then cast to ``dtype``)."""
+    _check_dtype(dtype, owner)
+    if device is None:
+        core = factory()
+    else:
+        with torch.device(device):
+            core = factory()
+    return core if dtype is None else core.to(dtype=dtype)
 
 
 class RTRLModule(TensorDictModuleBase):
@@ -88,7 +264,20 @@ class RTRLModule(TensorDictModuleBase):
         gradient: ``"rtrl"`` (default: the core's), ``"rtrl_stepwise"`` or ``"tbptt"``.
         slot_key: optional key of an integer env-slot index [B, T] in the training batch.
         default_recurrent_mode: recurrent mode outside any ``set_recurrent_mode`` context.
+        is_init_key: the episode-start key appended to a two-key ``in_keys`` (default
+            ``"is_init"``, as InitTracker writes it); also names a custom third in_key.
+        device, dtype: move the core's parameters there (the cell subclasses build them there).
+
+    LSTMModule/GRUModule keywords, so their call sites work unchanged (see :func:`check_lstm_options`):
+    ``num_layers=1``, ``bias=True``, ``batch_first=True``, ``dropout=0``, ``proj_size=0``,
+    ``bidirectional=False``, ``python_based``, ``recurrent_backend``, ``recurrent_compute_dtype``,
+    ``recurrent_recompute="none"``, ``recurrent_matmul_precision`` are accepted (no-ops: the RTRL
+    recurrence is its own Python/PyTorch implementation, with no cuDNN, scan or Triton backend); any
+    other value, and ``lstm=``/``gru=`` instances, raise an error naming the RTRL alternative.
     """
+
+    DEFAULT_IN_KEYS = [DEFAULT_STATE_KEY]
+    DEFAULT_OUT_KEYS = [("next", DEFAULT_STATE_KEY)]
 
     def __init__(
         self,
@@ -101,21 +290,67 @@ class RTRLModule(TensorDictModuleBase):
         gradient: str | None = None,
         slot_key: NestedKey | None = None,
         default_recurrent_mode: bool | None = None,
+        strict: bool = False,
+        is_init_key: NestedKey = IS_INIT_KEY,
+        device: torch.device | str | int | None = None,
+        dtype: torch.dtype | None = None,
+        # LSTMModule / GRUModule compatibility (validated, otherwise no-ops)
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = True,
+        dropout: float = 0,
+        proj_size: int = 0,
+        bidirectional: bool = False,
+        python_based: bool = False,
+        recurrent_backend: str = "pad",
+        recurrent_compute_dtype: torch.dtype = torch.float32,
+        recurrent_recompute: str = "none",
+        recurrent_matmul_precision: str = "auto",
+        lstm: torch.nn.Module | None = None,
+        gru: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
+        owner = type(self).__name__
         if not isinstance(core, RTRLCore):
             raise TypeError(f"core must be an rtrl_modules RTRLCore, got {type(core).__name__}")
+        check_lstm_options(
+            owner,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            proj_size=proj_size,
+            bidirectional=bidirectional,
+            recurrent_backend=recurrent_backend,
+            recurrent_recompute=recurrent_recompute,
+            recurrent_matmul_precision=recurrent_matmul_precision,
+            lstm=lstm,
+            gru=gru,
+        )
+        if device is not None or dtype is not None:
+            _check_dtype(dtype, owner)
+            core = core.to(device=device, dtype=dtype)
         self.core = core
         if gradient is not None:
             core.gradient = check_gradient_mode(gradient)
         self.in_keys, self.out_keys = resolve_keys(
-            in_key, in_keys, out_key, out_keys, owner=type(self).__name__
+            in_key, in_keys, out_key, out_keys, owner=owner, is_init_key=is_init_key
         )
+        self.python_based = bool(python_based)
+        self.recurrent_backend = recurrent_backend
+        self.recurrent_compute_dtype = recurrent_compute_dtype
+        self.recurrent_recompute = recurrent_recompute
+        self.recurrent_matmul_precision = recurrent_matmul_precision
         if slot_key is not None:
             self.in_keys = [*self.in_keys, slot_key]
         self.slot_key = slot_key
         self._recurrent_mode = default_recurrent_mode
+        self.strict = strict
         self.carried = CarriedSensitivities()
+        # Segment starts seen by gradient-enabled RTRL calls: exact RTRL or truncated (and why).
+        self.segment_starts = {"exact": 0, "truncated": 0}
+        self.truncation_causes = dict.fromkeys(TRUNCATION_CAUSES, 0)
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ properties (LSTMModule-like)
     @property
@@ -145,6 +380,49 @@ class RTRLModule(TensorDictModuleBase):
         mode = recurrent_mode()
         return bool(self._recurrent_mode) if mode is None else bool(mode)
 
+    @recurrent_mode.setter
+    def recurrent_mode(self, value: bool) -> None:
+        raise RuntimeError(
+            "recurrent_mode cannot be changed in-place (as for LSTMModule): use the "
+            "torchrl.modules.set_recurrent_mode context manager, or default_recurrent_mode= at construction"
+        )
+
+    @property
+    def temporal_mode(self):
+        raise RuntimeError("temporal_mode is deprecated (as for LSTMModule), use recurrent_mode instead")
+
+    def set_recurrent_mode(self, mode: bool = True):
+        """Removed API (as in LSTMModule since TorchRL 0.8): raises an error naming the replacement."""
+        raise RuntimeError(
+            f"{type(self).__name__}.set_recurrent_mode() does not exist (LSTMModule.set_recurrent_mode was "
+            "removed in TorchRL v0.8): use the torchrl.modules.set_recurrent_mode context manager / "
+            "decorator, or default_recurrent_mode= in the constructor"
+        )
+
+    def make_python_based(self) -> RTRLModule:
+        """No-op returning ``self``: the recurrence is already plain PyTorch (no cuDNN kernel to swap)."""
+        return self
+
+    def make_cudnn_based(self) -> RTRLModule:
+        """No-op returning ``self``: there is no cuDNN implementation of the element-wise RTRL cells."""
+        return self
+
+    @property
+    def canonical_keys(self) -> list[NestedKey]:
+        """Keys whose memory layout matters for this module: ``in_keys + out_keys``."""
+        return [*self.in_keys, *self.out_keys]
+
+    def canonicalize(self, data: TensorDictBase, *, inplace: bool = False) -> TensorDictBase:
+        """Make the entries of :attr:`canonical_keys` that ``data`` holds contiguous (as LSTMModule)."""
+        present = data.keys(include_nested=True)
+        keys = [key for key in self.canonical_keys if key in present]
+        if not keys:
+            return data
+        out = data if inplace else data.copy()
+        for key in keys:
+            out.set(key, data.get(key).contiguous())
+        return out
+
     @property
     def value_key(self) -> NestedKey:
         return self.in_keys[0]
@@ -158,14 +436,21 @@ class RTRLModule(TensorDictModuleBase):
         return self.in_keys[2]
 
     def make_tensordict_primer(self):
-        """``TensorDictPrimer`` declaring the cell state [N] (zeros at reset); no sensitivities."""
+        """``TensorDictPrimer`` declaring the cell state (zeros at reset); no sensitivities.
+
+        As LSTMModule's: one ``Unbounded`` spec per state key with ``expand_specs=True`` (the env's
+        batch size is prepended), no device (the primer follows the env's device), and
+        ``get_primers_from_module`` finds it. Intended differences: the spec shape is
+        ``[hidden_size]``, not ``[num_layers, hidden_size]`` (one layer, state stored [*B, N]), and
+        its dtype is the parameters' (a float64 module gets a float64 state; LSTMModule's is float32).
+        """
         from torchrl.data import Unbounded
         from torchrl.envs import TensorDictPrimer
 
         if _as_tuple(self.out_keys[1]) != ("next", *_as_tuple(self.state_key)):
             raise RuntimeError(
-                "make_tensordict_primer needs out_keys[1] == ('next', in_keys[1]); got "
-                f"in_keys={self.in_keys}, out_keys={self.out_keys}"
+                "make_tensordict_primer needs out_keys[1] == ('next', *in_keys[1]) so that the env moves the "
+                f"state from step to step; got in_keys={self.in_keys}, out_keys={self.out_keys}"
             )
         dtype = self.core.cell.weight_ih.dtype
         return TensorDictPrimer(
@@ -199,38 +484,54 @@ class RTRLModule(TensorDictModuleBase):
         self.carried.load(TensorDict(dict(state), batch_size=[slots]).unflatten_keys("."))
 
     # ------------------------------------------------------------------ forward
+    @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        recurrent = self.recurrent_mode
-        shape = tensordict.shape
-        if recurrent:
-            if tensordict.ndim == 0:
-                raise ValueError(
-                    f"{type(self).__name__} in recurrent mode needs a tensordict with a time dimension "
-                    "(last batch dim), got a 0-d tensordict"
-                )
-            shaped = {1: tensordict.unsqueeze(0), 2: tensordict}.get(tensordict.ndim)
-            if shaped is None:
-                shaped = tensordict.flatten(0, -2)
-        else:
-            shaped = tensordict.reshape(-1).unsqueeze(-1)
+        if self.recurrent_mode:
+            return self._forward_recurrent(tensordict)
+        return self._forward_step(tensordict)
 
+    def _forward_step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """One step per row (acting): [*B] → state zeroed where ``is_init``, no sensitivities.
+
+        Branch-free on data (only shapes, dtypes and key presence are inspected), so an acting policy
+        compiles with ``torch.compile(fullgraph=True)`` and exports with ``torch.export``; the checks
+        that read values (a missing state while rows continue an episode, finite inputs) run eagerly
+        and are skipped while tracing (see :meth:`_read_state` and ``core.checks.check_input``).
+        """
+        shape = tensordict.shape
+        shaped = tensordict.reshape(-1).unsqueeze(-1)
         value, is_init = self._read_inputs(shaped)
         c0 = self._read_state(shaped, is_init, value)
-        if recurrent:
-            out, c_last = self._run_segment(shaped, value, c0, is_init)
-        else:
-            out, new_state = self.core(value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, "tbptt")
-            c_last = new_state[STATE_KEY]
-
+        out, new_state = self.core(value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, "tbptt")
         shaped.set(self.out_keys[0], out)
-        if not recurrent:
-            shaped.set(self.out_keys[1], c_last.unsqueeze(1))
-        elif self.out_keys[1] not in shaped.keys(include_nested=True):
-            # Like LSTMModule: the final state at the last step, zeros elsewhere. Collected
-            # ("next", state) entries, when present, are left as the actor wrote them.
-            nxt = torch.zeros_like(c0).unsqueeze(1).expand(-1, value.shape[1], -1).clone()
-            nxt[:, -1] = c_last
-            shaped.set(self.out_keys[1], nxt)
+        shaped.set(self.out_keys[1], new_state[STATE_KEY].unsqueeze(1))
+        tensordict.update(shaped.reshape(shape))
+        return tensordict
+
+    def _forward_recurrent(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """A segment per row: [B, T] (or [T], or [..., B, T]), time last, restarting from the stored
+        state at every ``is_init`` (TorchRL's recurrent-mode contract)."""
+        if tensordict.ndim == 0:
+            raise ValueError(
+                f"{type(self).__name__} in recurrent mode needs a tensordict with a time dimension "
+                "(last batch dim), got a 0-d tensordict"
+            )
+        shape = tensordict.shape
+        shaped = {1: tensordict.unsqueeze(0), 2: tensordict}.get(tensordict.ndim)
+        if shaped is None:
+            shaped = tensordict.flatten(0, -2)
+        value, is_init = self._read_inputs(shaped)
+        stored = self._stored_states(shaped, is_init, value)
+        collected = shaped.get(self.out_keys[1], None)
+        out, states = self._run_segment(shaped, value, stored, is_init, collected)
+        shaped.set(self.out_keys[0], out)
+        if collected is None:
+            # LSTMModule's layout: each trajectory's final state at its last step, zeros elsewhere.
+            # Entries already there (the actor's, copied by the collector) are kept as they are:
+            # the next segment's identity and unshifted GAE's next-state reads rely on them.
+            last = torch.ones_like(is_init)
+            last[:, :-1] = is_init[:, 1:]
+            shaped.set(self.out_keys[1], states.detach() * last.unsqueeze(-1).to(states.dtype))
         if shaped is not tensordict:
             tensordict.update(shaped.reshape(shape))
         return tensordict
@@ -257,12 +558,14 @@ class RTRLModule(TensorDictModuleBase):
     def _read_state(self, td: TensorDictBase, is_init: Tensor, value: Tensor) -> Tensor:
         state = td.get(self.state_key, None)
         if state is None:
-            if bool(is_init[:, 0].all()):
+            # Zeros, like LSTMModule, when every row starts an episode. Checking that reads the data,
+            # so traced graphs (compile/export) skip it and start from zeros.
+            if torch.compiler.is_compiling() or bool(is_init[:, 0].all()):
                 return value.new_zeros(value.shape[0], self.hidden_size)
             raise KeyError(
                 f"{type(self).__name__}: the recurrent state {self.state_key!r} is missing from the "
-                "tensordict while some rows continue an episode, so the state was dropped between steps. "
-                "Add the primer: "
+                "tensordict while some rows continue an episode, so the state was dropped between steps "
+                f"(the env moves out_keys[1]={self.out_keys[1]!r} to {self.state_key!r}). Add the primer: "
                 "env.append_transform(module.make_tensordict_primer()) (or "
                 "torchrl.modules.utils.get_primers_from_module(policy)), or pass "
                 "auto_register_policy_transforms=True to the Collector."
@@ -275,53 +578,146 @@ class RTRLModule(TensorDictModuleBase):
         c0 = state[:, 0]
         return torch.where(is_init[:, :1], torch.zeros_like(c0), c0)
 
-    def _run_segment(
-        self, td: TensorDictBase, value: Tensor, c0: Tensor, is_init: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        gradient = self.core.gradient
-        carry = torch.is_grad_enabled() and gradient != "tbptt"
-        state = TensorDict({STATE_KEY: c0}, batch_size=[c0.shape[0]])
-        slots = None
-        if carry:
-            slots, num_slots = self._slots(td, c0)
-            state[SENSITIVITY_KEY] = self.carried.fetch(
-                slots, c0, is_init[:, 0], self.core.sensitivity_shapes(), num_slots
+    def _stored_states(self, td: TensorDictBase, is_init: Tensor, value: Tensor) -> Tensor:
+        """The stored state at every step [B, T, N] (zeros when absent and every row starts an episode)."""
+        state = td.get(self.state_key, None)
+        if state is None:
+            if bool(is_init[:, 0].all()):
+                return value.new_zeros(*value.shape[:2], self.hidden_size)
+            raise KeyError(
+                f"{type(self).__name__}: the recurrent state {self.state_key!r} is missing from the "
+                "tensordict while some rows continue an episode, so the state was dropped between steps. "
+                "Add the primer: env.append_transform(module.make_tensordict_primer()) (or "
+                "torchrl.modules.utils.get_primers_from_module(policy)), or pass "
+                "auto_register_policy_transforms=True to the Collector."
             )
-        out_buffer = None
-        if carry and gradient == "rtrl":
-            end = self.carried.end_buffer(slots)
-            out_buffer = None if end is None else end["weight_ih"]
-        out, new_state = self.core(
-            value, state, is_init, gradient, track_sensitivities=carry, sensitivity_out=out_buffer
-        )
-        if carry:
-            self.carried.store(slots, new_state[SENSITIVITY_KEY])
-        return out, new_state[STATE_KEY]
+        if state.shape != (*value.shape[:2], self.hidden_size):
+            raise ValueError(
+                f"{type(self).__name__}: state {self.state_key!r} has shape {tuple(state.shape)}, "
+                f"expected [B, T, {self.hidden_size}]"
+            )
+        return state
 
-    def _slots(self, td: TensorDictBase, c0: Tensor) -> tuple[Tensor, int]:
+    def _run_segment(
+        self, td: TensorDictBase, value: Tensor, stored: Tensor, is_init: Tensor, collected: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Run the core over the rows; with autograd on in the RTRL modes, take S_0 from the carried
+        store where the segment provably continues (or repeats) a carried one, else truncate."""
+        gradient = self.core.gradient
+        marks_restart = is_init & (stored != 0).any(-1)  # is_init on a non-zero stored state
+        restart = stored if bool(marks_restart.any()) else None
+        c0 = stored[:, 0]
+        carry = (
+            torch.is_grad_enabled()
+            and gradient != "tbptt"
+            and any(p.requires_grad for p in self.core.parameters())
+        )
+        if not carry:
+            out, _, states = self.core(
+                value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, gradient,
+                track_sensitivities=False, restart_state=restart, return_states=True,
+            )  # fmt: skip
+            return out, states
+
+        marks_episode = is_init & ~marks_restart
+        tail = self._tails(is_init, marks_restart)
+        end_c = None if collected is None else collected[:, -1]
+        plan = self.carried.resolve(
+            self._hints(td, c0), c0, end_c, marks_episode[:, 0], marks_restart[:, 0], tail,
+            self.core.sensitivity_shapes(),
+        )  # fmt: skip
+        later_episodes, later_restarts = int(marks_episode[:, 1:].sum()), int(marks_restart[:, 1:].sum())
+        self._report(plan.causes, later_episodes, later_restarts, c0.shape[0])
+        state = TensorDict({STATE_KEY: c0}, batch_size=[c0.shape[0]])
+        if plan.sensitivities is not None:
+            state[SENSITIVITY_KEY] = plan.sensitivities
+        elif not bool(is_init[:, 0].all()):  # truncated rows start from S_0 = 0
+            state[SENSITIVITY_KEY] = self.core.initial_state(c0.shape[0], dtype=c0.dtype)[SENSITIVITY_KEY]
+        try:
+            out, new_state, states = self.core(
+                value, state, is_init, gradient, track_sensitivities=True,
+                sensitivity_out=plan.out if gradient == "rtrl" else None, restart_state=restart,
+                return_states=True,
+            )  # fmt: skip
+            if plan.bank is not None and states.grad_fn is not None:
+                self.carried.pin(states.grad_fn, plan.sensitivities)
+            ended = td.get(("next", "done"), None)
+            ended = None if ended is None else ended.reshape(*c0.shape[:1], -1, 1)[:, -1, 0]
+            exact_end = end_c is not None
+            end_c = states[:, -1].detach() if end_c is None else end_c
+            self.carried.commit(plan, new_state[SENSITIVITY_KEY], c0, end_c, exact_end, ended)
+        except BaseException:
+            self.carried.reset()  # a half-written store must not be trusted
+            raise
+        return out, states
+
+    @staticmethod
+    def _tails(is_init: Tensor, marks_restart: Tensor) -> Tensor:
+        """[B] long: the row's last ``is_init`` after t = 0 is none (0), an episode start (1) or a
+        truncated restart (2)."""
+        steps = torch.arange(is_init.shape[1], device=is_init.device)
+        last = (is_init * steps).amax(-1)  # 0 when no is_init after t = 0
+        restart = marks_restart.gather(1, last.unsqueeze(1)).squeeze(1).long()
+        return torch.where(last > 0, 1 + restart, 0)
+
+    def _hints(self, td: TensorDictBase, c0: Tensor) -> Tensor:
+        """Each row's own slot: its row index, or ``td[slot_key][:, 0]``."""
         batch = c0.shape[0]
         if self.slot_key is None or self.slot_key not in td.keys(include_nested=True):
-            num_slots = max(batch, self.carried.num_slots)
-            return torch.arange(batch, device=c0.device), num_slots
-        slots = td.get(self.slot_key)
-        slots = slots.reshape(batch, -1)[:, 0].long().to(c0.device)
+            return torch.arange(batch, device=c0.device)
+        slots = td.get(self.slot_key).reshape(batch, -1)[:, 0].long().to(c0.device)
+        if bool((slots < 0).any()):
+            raise ValueError(f"{type(self).__name__}: {self.slot_key!r} holds negative env slots")
         if slots.unique().numel() != batch:
             raise ValueError(
                 f"{type(self).__name__}: two rows of the batch name the same env slot in "
                 f"{self.slot_key!r}; each row must be a different env's segment"
             )
-        num_slots = max(int(slots.max()) + 1, self.carried.num_slots)
-        return slots, num_slots
+        return slots
+
+    def _report(self, causes: list[str], episodes: int, restarts: int, rows: int) -> None:
+        """Count segment starts (t = 0 of each row, and the ``episodes`` and ``restarts`` marked by
+        ``is_init`` after t = 0); warn once per cause, or raise under ``strict``."""
+        truncated = list(causes) + ["restart"] * restarts
+        self.segment_starts["exact"] += rows - len(causes) + episodes
+        self.segment_starts["truncated"] += len(truncated)
+        for cause in truncated:
+            self.truncation_causes[cause] += 1
+        for cause in dict.fromkeys(truncated):
+            message = (
+                f"{type(self).__name__}: {truncated.count(cause)} segment start(s) got the stored-state "
+                f"truncated gradient, not exact RTRL, because {TRUNCATION_CAUSES[cause]}. See "
+                "docs/torchrl.md for how to get exact RTRL; counts are in module.segment_starts."
+            )
+            if self.strict:
+                raise TruncatedGradientError(message + " (strict=True)")
+            if cause not in self._warned:
+                self._warned.add(cause)
+                warnings.warn(message, TruncatedGradientWarning, stacklevel=4)
 
     def extra_repr(self) -> str:
         return f"in_keys={self.in_keys}, out_keys={self.out_keys}, gradient={self.gradient!r}"
 
 
+def segment_start_counts(module: torch.nn.Module) -> dict[str, int]:
+    """Segment starts seen by every :class:`RTRLModule` inside ``module``: ``{"exact", "truncated"}``
+    and the truncations by cause (``truncated_<cause>``); empty if it holds none (baselines)."""
+    counts: dict[str, int] = {}
+    for sub in module.modules():
+        if isinstance(sub, RTRLModule):
+            items = [*sub.segment_starts.items()]
+            items += [(f"truncated_{cause}", n) for cause, n in sub.truncation_causes.items()]
+            for key, value in items:
+                counts[key] = counts.get(key, 0) + value
+    return counts
+
+
 class ELSTMModule(RTRLModule):
     """eLSTM (Irie et al., 2024) as a TorchRL module; ``out`` = σ(O[x; c] + b) ⊙ c [*, hidden_size].
 
-    ``forget_bias`` sets the initial b_f (see :class:`~rtrl_modules.cells.ELSTMCell`); other keyword
-    arguments go to :class:`RTRLModule` (keys, ``slot_key``, ...).
+    ``forget_bias`` sets the initial b_f (see :class:`~rtrl_modules.cells.ELSTMCell`); ``device`` /
+    ``dtype`` build the parameters there; other keyword arguments go to :class:`RTRLModule` (keys,
+    ``slot_key``, ``default_recurrent_mode``, LSTMModule's keywords, ...).
     """
 
     def __init__(
@@ -331,37 +727,63 @@ class ELSTMModule(RTRLModule):
         output_gate: bool = True,
         gradient: str = "rtrl",
         forget_bias: float | None = None,
+        *,
+        device: torch.device | str | int | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs,
     ) -> None:
-        core = ELSTM(
-            input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias
+        core = _build_core(
+            lambda: ELSTM(
+                input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias
+            ),
+            device,
+            dtype,
+            type(self).__name__,
         )
         super().__init__(core, **kwargs)
 
 
 class IndRNNModule(RTRLModule):
-    """IndRNN core as a TorchRL module; ``out`` = c [*, hidden_size]."""
+    """IndRNN core as a TorchRL module; ``out`` = c [*, hidden_size]. Keywords as :class:`ELSTMModule`."""
 
-    def __init__(self, input_size: int, hidden_size: int, gradient: str = "rtrl", **kwargs) -> None:
-        super().__init__(IndRNN(input_size, hidden_size, gradient=gradient), **kwargs)
+    def __init__(
+        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
+    ) -> None:
+        core = _build_core(
+            lambda: IndRNN(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
+        )
+        super().__init__(core, **kwargs)
 
 
 class LRUModule(RTRLModule):
     """Real diagonal linear recurrent unit as a TorchRL module; ``out`` = c [*, hidden_size]."""
 
-    def __init__(self, input_size: int, hidden_size: int, gradient: str = "rtrl", **kwargs) -> None:
-        super().__init__(LRU(input_size, hidden_size, gradient=gradient), **kwargs)
+    def __init__(
+        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
+    ) -> None:
+        core = _build_core(
+            lambda: LRU(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
+        )
+        super().__init__(core, **kwargs)
 
 
 class SRUModule(RTRLModule):
     """SRU-style core as a TorchRL module; ``out`` = c [*, hidden_size]."""
 
-    def __init__(self, input_size: int, hidden_size: int, gradient: str = "rtrl", **kwargs) -> None:
-        super().__init__(SRU(input_size, hidden_size, gradient=gradient), **kwargs)
+    def __init__(
+        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
+    ) -> None:
+        core = _build_core(
+            lambda: SRU(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
+        )
+        super().__init__(core, **kwargs)
 
 
 __all__ = [
     "GRADIENT_MODES",
+    "segment_start_counts",
+    "TruncatedGradientWarning",
+    "TruncatedGradientError",
     "RTRLModule",
     "ELSTMModule",
     "IndRNNModule",

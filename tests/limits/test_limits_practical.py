@@ -1,4 +1,4 @@
-"""The practical per-layer mode of the eLSTM stack and its gradient-fidelity diagnostic."""
+"""Layer-wise RTRL ("rtrl_layerwise") of the eLSTM stack and its gradient-fidelity diagnostic."""
 
 import math
 
@@ -19,7 +19,7 @@ def test_fidelity_is_exact_at_depth_one_and_not_at_depth_two():
     assert exact["relative_error"] < 1e-9
 
 
-def test_one_segment_makes_the_practical_mode_exact():
+def test_one_segment_makes_the_layerwise_mode_exact():
     """Inside a segment the lower layers get BPTT through the stack: one segment = full BPTT."""
     report = gradient_fidelity(depth=2, hidden_size=5, steps=20, segment_length=20)
     assert report["relative_error"] < 1e-9
@@ -32,9 +32,9 @@ def test_truncated_lower_layers_are_worse_and_sweep_rows():
     assert trunc["relative_error_lower"] > rows[0]["relative_error_lower"]
 
 
-def test_practical_mode_is_a_stack_of_library_cores():
+def test_layerwise_mode_is_a_stack_of_library_cores():
     torch.manual_seed(0)
-    stack = StackedELSTM(3, [5, 4], gradient="rtrl_local")
+    stack = StackedELSTM(3, [5, 4], gradient="rtrl_layerwise")
     cores = [rm.ELSTM(3, 5), rm.ELSTM(5, 4)]
     for core, layer in zip(cores, stack.layers):
         core.load_state_dict(layer.state_dict())
@@ -58,7 +58,7 @@ def test_modes_run_under_no_grad_and_reference_shapes():
     stack = StackedELSTM(3, [4, 4, 2])
     x = torch.randn(2, 5, 3)
     with torch.no_grad():
-        for mode in ("rtrl", "rtrl_local", "tbptt"):
+        for mode in ("rtrl", "rtrl_layerwise", "tbptt"):
             out, state = stack(x, stack.initial_state(2), gradient=mode)
             assert out.shape == (2, 5, 2)
     out, final = bptt_stacked(stack, x, torch.zeros(2, 5, dtype=torch.bool))

@@ -13,6 +13,8 @@ from rtrl_modules.modules import (
     LRUModule,
     RTRLModule,
     SRUModule,
+    TruncatedGradientError,
+    TruncatedGradientWarning,
     make_recurrent_module,
 )
 
@@ -55,7 +57,12 @@ def test_every_cell_module_steps_and_runs_recurrent(cls):
 
 def test_explicit_keys_and_state_flow_in_step_mode():
     m = ELSTMModule(
-        D, N, in_keys=["x", "h", "first"], out_keys=["y", ("next", "h")], default_recurrent_mode=False
+        D,
+        N,
+        in_keys=["x", "h", "first"],
+        out_keys=["y", ("next", "h")],
+        is_init_key="first",
+        default_recurrent_mode=False,
     )
     td = TensorDict(x=torch.randn(2, D), first=torch.ones(2, 1, dtype=torch.bool), batch_size=[2])
     m(td)
@@ -98,10 +105,11 @@ def test_sensitivities_are_carried_per_env_slot_and_reused_within_a_segment():
     with set_recurrent_mode(True):
         m(first)["y"].sum().backward()
         end_after_first = m.carried.end.clone()
-        # The next segment continues every env: its t = 0 state is the actor's last ("next", state).
+        # The next segment continues every env: its t = 0 state is the last ("next", state) (here
+        # written by the module itself in TorchRL's layout, as the batch had none).
         second = seq_td(3, 4, gen)
         second["is_init"][:] = False
-        second["recurrent_state"][:, 0] = torch.randn(3, N, generator=gen)
+        second["recurrent_state"][:, 0] = first["next", "recurrent_state"][:, -1]
         m(second)["y"].sum().backward()
         assert (m.carried.start == end_after_first).all()
         end_after_second = m.carried.end.clone()
@@ -114,13 +122,19 @@ def test_sensitivities_are_carried_per_env_slot_and_reused_within_a_segment():
         assert (m.carried.end == end_after_second).all()
 
 
-def test_missing_carried_sensitivities_is_an_error_and_state_round_trips(tmp_path):
+def test_unknown_segment_history_is_truncated_loudly_and_state_round_trips(tmp_path):
     m = ELSTMModule(D, N, in_key="x", out_key="y")
     td = seq_td(2, 3)
     td["is_init"][:] = False
     td["recurrent_state"][:, 0] = 1.0
-    with set_recurrent_mode(True), pytest.raises(RuntimeError, match="no carried RTRL sensitivities"):
-        m(td)
+    with set_recurrent_mode(True), pytest.warns(TruncatedGradientWarning, match="matches no carried"):
+        m(td)["y"].sum().backward()
+    assert m.segment_starts == {"exact": 0, "truncated": 2}
+    assert m.truncation_causes["unknown"] == 2
+    assert not m.carried.has_end.any()  # a truncated segment never feeds the store
+    strict = ELSTMModule(D, N, in_key="x", out_key="y", strict=True)
+    with set_recurrent_mode(True), pytest.raises(TruncatedGradientError, match="strict=True"):
+        strict(td)
     m.reset_sensitivities()
     with set_recurrent_mode(True):
         m(seq_td(2, 3))["y"].sum().backward()
@@ -132,6 +146,7 @@ def test_missing_carried_sensitivities_is_an_error_and_state_round_trips(tmp_pat
     assert (other.get_sensitivities() == m.get_sensitivities()).all()
     m.reset_sensitivities([0])
     assert m.get_sensitivities()["has_end"].tolist() == [False, True]
+    assert m.get_sensitivities()["free"].tolist()[0]
     m.set_sensitivities(None)
     assert m.get_sensitivities() is None
 

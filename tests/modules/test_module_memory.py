@@ -44,5 +44,6 @@ def test_rollout_with_rtrl_takes_the_bytes_of_the_tbptt_rollout():
     out.sum().backward()
     d = rec.input_size
     sens_elems = 2 * N * d + 4 * N  # Z, F [2N, D]; w_z, w_f, b_z, b_f [2, N] x 2
-    expected = 2 * B * sens_elems * 4 + B * N * 4 + 2 * B  # start + end, start_c, two flags
+    # start + end banks, start_c + end_c, five bool flags and the int64 last-use counter per slot
+    expected = 2 * B * sens_elems * 4 + 2 * B * N * 4 + 5 * B + 8 * B
     assert rec.carried.nbytes() == expected

@@ -69,7 +69,7 @@ def test_generator_is_reproducible_and_seeds_differ():
 @pytest.mark.parametrize(
     "mode, segment_length, updates_per_batch",
     [("bptt", None, 1), ("rtrl", None, 1), ("rtrl", 4, None), ("tbptt", 4, None)]
-    + [("rtrl_online", None, None)],
+    + [("rtrl_stepwise", None, None)],
 )
 def test_each_mode_runs_and_counts_updates(tmp_path, mode, segment_length, updates_per_batch):
     import lightning.pytorch as pl
@@ -159,6 +159,7 @@ def test_short_fit_through_the_cli_writes_logs_and_summary(tmp_path, capsys):
     "override, message",
     [
         ("--model.init_args.mode=rtrl_offline", "mode"),
+        ("--model.init_args.mode=rtrl_online", "it is now called 'rtrl_stepwise'"),
         ("--model.init_args.segment_length=0", "segment_length"),
         ("--data.init_args.max_length=0", "max_length"),
         ("--data.init_args.batch_size=-3", "batch_size"),
@@ -178,7 +179,8 @@ def test_bad_configs_fail_with_a_clear_error(override, message, capsys):
     [
         ({"mode": "tbptt"}, "needs segment_length"),
         ({"mode": "bptt", "segment_length": 5}, "takes no segment_length"),
-        ({"mode": "rtrl_online", "segment_length": 1}, "takes no segment_length"),
+        ({"mode": "rtrl_stepwise", "segment_length": 1}, "takes no segment_length"),
+        ({"mode": "rtrl_online"}, "it is now called 'rtrl_stepwise'; valid choices are rtrl, rtrl_stepwise"),
         ({"mode": "rtrl", "stop_at_accuracy": 1.5}, "stop_at_accuracy"),
         ({"mode": "RTRL"}, "valid choices are"),
         ({"mode": "rtrl", "lr_milestones": [500, 100]}, "lr_milestones"),
