@@ -277,7 +277,11 @@ class R2ACModule(LightningModule):
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"])
         base = self.env.base_env
-        if state.get("env_state") is not None and hasattr(base, "load_episode_state"):
+        if state.get("env_state") is None or not hasattr(base, "load_episode_state"):
+            # The episodes restart: no segment will continue the carried ones.
+            if hasattr(self.agent.core, "reset_sensitivities"):
+                self.agent.core.reset_sensitivities()
+        else:
             carrier = state.get("actor_carrier")
             if carrier is not None:
                 self.collector._carrier.update(TensorDict.from_dict(carrier, batch_size=self.env.batch_size))

@@ -24,6 +24,8 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 from torchrl.objectives import LossModule
 
+from .modules import segment_start_counts
+
 
 def make_collector(
     env: EnvBase,
@@ -75,10 +77,15 @@ def episode_stats(batch: TensorDictBase) -> dict[str, Tensor]:
 
 
 def loss_and_metrics(loss_module: LossModule, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss (the sum of the ``loss_*`` entries) and detached metrics for logging."""
+    """Total loss (the sum of the ``loss_*`` entries) and detached metrics for logging, with the
+    running counts of exact and truncated RTRL segment starts (``rtrl_exact_starts``, ...)."""
     losses: TensorDict = loss_module(batch)
     total = sum(value for key, value in losses.items() if key.startswith("loss_"))
     metrics = {key: value.detach() for key, value in losses.items()}
+    # Running counts of segment starts that got exact RTRL / the truncated gradient (RTRL cores only).
+    for key, count in segment_start_counts(loss_module).items():
+        if key in ("exact", "truncated"):
+            metrics[f"rtrl_{key}_starts"] = torch.tensor(float(count))
     return total, metrics
 
 
