@@ -102,7 +102,7 @@ def carry_sensitivities_segment(
     sens0: dict[str, Tensor] | None,
     out: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """S_T by the exact segment form (DESIGN §2.1): reverse cumulative product + one bmm.
+    """S_T by the exact segment form: reverse cumulative product + one bmm.
 
     jacobian [B, T, N] (already zero at episode starts), d_pre [B, T, K, N], x [B, T, D]. ``out``
     [B, K*N, D], if given, receives the weight sensitivity (writing into reused memory avoids the

@@ -1,4 +1,4 @@
-"""One switch between the RTRL core and its baselines (DESIGN §5), all behind the same keys.
+"""One switch between the RTRL core and its baselines, all behind the same keys.
 
     core = make_recurrent_module("rtrl", input_size=257, hidden_size=256, in_key="embed", out_key="features")
 

@@ -743,40 +743,37 @@ class ELSTMModule(RTRLModule):
         super().__init__(core, **kwargs)
 
 
-class IndRNNModule(RTRLModule):
+class _CellModule(RTRLModule):
+    """A module whose core is built from ``(input_size, hidden_size, gradient)`` alone."""
+
+    core_class: type[RTRLCore]
+
+    def __init__(
+        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
+    ) -> None:
+        build = self.core_class
+        core = _build_core(
+            lambda: build(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
+        )
+        super().__init__(core, **kwargs)
+
+
+class IndRNNModule(_CellModule):
     """IndRNN core as a TorchRL module; ``out`` = c [*, hidden_size]. Keywords as :class:`ELSTMModule`."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
-    ) -> None:
-        core = _build_core(
-            lambda: IndRNN(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
-        )
-        super().__init__(core, **kwargs)
+    core_class = IndRNN
 
 
-class LRUModule(RTRLModule):
+class LRUModule(_CellModule):
     """Real diagonal linear recurrent unit as a TorchRL module; ``out`` = c [*, hidden_size]."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
-    ) -> None:
-        core = _build_core(
-            lambda: LRU(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
-        )
-        super().__init__(core, **kwargs)
+    core_class = LRU
 
 
-class SRUModule(RTRLModule):
+class SRUModule(_CellModule):
     """SRU-style core as a TorchRL module; ``out`` = c [*, hidden_size]."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, gradient: str = "rtrl", *, device=None, dtype=None, **kwargs
-    ) -> None:
-        core = _build_core(
-            lambda: SRU(input_size, hidden_size, gradient=gradient), device, dtype, type(self).__name__
-        )
-        super().__init__(core, **kwargs)
+    core_class = SRU
 
 
 __all__ = [

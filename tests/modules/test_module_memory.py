@@ -1,4 +1,4 @@
-"""DESIGN §3.1: rollouts hold no per-step sensitivities; the learner's carried store is O(B·N·D)."""
+"""Rollouts hold no per-step sensitivities; the learner's carried store is O(B·N·D)."""
 
 import torch
 from tensordict.nn import TensorDictModule as Mod
