@@ -67,6 +67,10 @@ class Plan:
     sensitivities: TensorDict | None  # S_0 [B, ...] for the core, None when no row needs one
     bank: TensorDict | None = None  # whole-store fast path: the bank that receives S_T [slots, ...]
     swap: bool = False  # fast path: every row moved on, the S_0 bank becomes the start bank
+    # Episode-start rows that may repeat their own slot's segment, to be decided once the end state is
+    # known (batches without ("next", state)): [B] bool, and each row's own slot.
+    pending: Tensor | None = None
+    hints: Tensor | None = None
 
     @property
     def out(self) -> Tensor | None:
@@ -191,24 +195,27 @@ class CarriedSensitivities:
         batch, hidden = c0.shape
         self.calls += 1
         self.max_rows = max(self.max_rows, batch)
-        need = int(hints.max()) + 1
         if self.start is None:
-            self._allocate(max(batch, need), shapes, hidden, c0)
+            self._allocate(batch, shapes, hidden, c0)
         self._check_compatible(c0, shapes)
-        if need > self.num_slots:
-            self._grow(need - self.num_slots)
 
-        h = hints
+        # A hint beyond the store (a new env, or the extra rows of a stacked call such as unshifted
+        # GAE's next-state half) has no own slot; such rows are looked up or claim one if they must.
+        own = hints < self.num_slots
+        h = torch.where(own, hints, 0)
         keeps_tail = tail != 2  # S_T is exact if the t = 0 start is
-        same_start = self.has_start[h] & (self.start_c[h] == c0).all(-1)
+        same_start = own & self.has_start[h] & (self.start_c[h] == c0).all(-1)
         if end_c is None:  # the batch has no ("next", state): the end is known only after the call
             same_end = torch.zeros_like(same_start)
         else:
-            same_end = self.has_end[h] & (self.end_c[h] == end_c).all(-1)
+            same_end = own & self.has_end[h] & (self.end_c[h] == end_c).all(-1)
         middle = ~starts_episode & ~restarts
-        cont = middle & self.has_end[h] & _matches(self.end_c[h], self.end_exact[h], c0)
+        cont = own & middle & self.has_end[h] & _matches(self.end_c[h], self.end_exact[h], c0)
         rep = middle & ~cont & same_start & ~self.start_episode[h]
         rep_episode = starts_episode & self.start_episode[h] & same_start & same_end
+        pending = None
+        if end_c is None:  # the same episode start again, or another one: told by the end, in commit
+            pending = starts_episode & self.start_episode[h] & same_start & keeps_tail
 
         read = torch.where(cont | rep, h, -1)
         read_end = cont.clone()
@@ -217,7 +224,7 @@ class CarriedSensitivities:
         causes: list[str] = []
         claims: list[int] = []  # rows that start a new chain in some free slot
 
-        unresolved = ~(cont | rep | rep_episode)
+        unresolved = ~(cont | rep | rep_episode) if pending is None else ~(cont | rep | pending)
         if bool(unresolved.any()):
             for b in unresolved.nonzero().flatten().tolist():
                 if bool(starts_episode[b]):
@@ -241,11 +248,14 @@ class CarriedSensitivities:
                     claims.append(b)
         for b in claims:
             used = set(write[write >= 0].tolist()) | set(read[read >= 0].tolist())
-            write[b] = self._claim(int(h[b]), used)
+            write[b] = self._claim(int(hints[b]), used)
 
         touched = torch.cat((read[read >= 0], write[write >= 0]))
         self.last_used[touched] = self.calls
-        return self._prepare(h, read, read_end, write, advance, causes, starts_episode)
+        plan = self._prepare(hints, read, read_end, write, advance, causes, starts_episode)
+        if pending is not None and bool(pending.any()):
+            plan.pending, plan.hints = pending, h
+        return plan
 
     def _prepare(self, h, read, read_end, write, advance, causes, starts_episode) -> Plan:
         """S_0 for the core: a whole bank as it is (the usual in-order batch) or gathered rows."""
@@ -292,6 +302,13 @@ class CarriedSensitivities:
     ) -> None:
         """Record S_T [B, ...] for the rows the plan writes (and move advanced slots on). ``end_c`` is
         the actor's end state (``exact_end``) or the learner's recomputation of it."""
+        if plan.pending is not None:
+            for b in plan.pending.nonzero().flatten().tolist():
+                own = int(plan.hints[b])
+                if not bool(_matches(self.end_c[own], torch.tensor(False), end_c[b])):
+                    # Another episode start (not the same segment again, which keeps what it has).
+                    used = set(plan.write[plan.write >= 0].tolist()) | set(plan.read[plan.read >= 0].tolist())
+                    plan.write[b] = self._claim(own, used)
         rows = (plan.write >= 0).nonzero().flatten()
         if plan.bank is not None:  # whole-store fast path: S_T of weight_ih is already in the bank
             for name, value in sens_end.items():
@@ -345,10 +362,13 @@ class CarriedSensitivities:
         return slot, bool((ends == slot).any())
 
     def _claim(self, hint: int, used: set[int]) -> int:
-        """A slot for a new chain: the row's own if free, else any free one, else a new or the least
-        recently used one (-1 if every slot is in use by this call)."""
+        """A slot for a new chain: the row's own if free (or new), else any free one, else a new one (up
+        to twice the largest batch), else the least recently used one (-1 if this call uses them all)."""
         free = self.free | ~self.has_end
         if hint < self.num_slots and bool(free[hint]) and hint not in used:
+            return hint
+        if hint >= self.num_slots:  # a new env slot named by the batch (slot_key)
+            self._grow(hint + 1 - self.num_slots)
             return hint
         for slot in free.nonzero().flatten().tolist():
             if slot not in used:
@@ -378,8 +398,9 @@ class CarriedSensitivities:
         def more(t: Tensor) -> Tensor:
             return torch.cat((t, t.new_zeros(extra, *t.shape[1:])))
 
-        self.start = self.start.apply(more, batch_size=[self.num_slots + extra])
-        self.end = self.end.apply(more, batch_size=[self.num_slots + extra])
+        size = [self.num_slots + extra]
+        self.start = self.start.apply(more, batch_size=size)
+        self.end = self.end.apply(more, batch_size=size)
         for name in ("start_c", "end_c", "has_start", "has_end", "end_exact", "start_episode", "last_used"):
             setattr(self, name, more(getattr(self, name)))
         self.free = torch.cat((self.free, self.free.new_ones(extra)))

@@ -31,7 +31,11 @@ def acted(module, envs, steps, seed=0, reset_prob=0.15):
             module(td)
         state = td["next", "recurrent_state"]
         rows.append(td)
-    return torch.stack(rows, 1)
+    data = torch.stack(rows, 1)
+    done = torch.zeros_like(is_init)
+    done[:, :-1] = is_init[:, 1:]  # an episode ends where the next one starts
+    data["next", "done"] = done
+    return data
 
 
 @pytest.fixture
@@ -126,3 +130,34 @@ def test_calls_without_gradients_or_trainable_parameters_touch_nothing(module):
     recurrent(module, data.exclude("y"), grad=True)  # autograd on, nothing to train (a target net)
     assert module.carried.num_slots == 0
     assert module.segment_starts == {"exact": 0, "truncated": 0}
+
+
+def test_stacked_root_and_next_call_repeats_the_roots_and_truncates_the_next_rows(module):
+    """Unshifted GAE with gradients stacks the root and the ("next", ...) views into [2, B, T]: the
+    root rows repeat the trained segments (exact), the next-state rows start mid-episode (truncated),
+    and the store neither grows nor changes."""
+    data = acted(module, envs=3, steps=6, reset_prob=0.0)
+    recurrent(module, data.exclude("y"), grad=True)["y"].sum().backward()
+    before = module.carried.state()
+    root = data.exclude("y", "next").select("x", "is_init", "recurrent_state")
+    nxt = root.clone()
+    nxt["recurrent_state"] = data["next", "recurrent_state"]
+    nxt["x"] = torch.randn_like(root["x"])
+    with pytest.warns(TruncatedGradientWarning, match="is_init marks a step"):
+        recurrent(module, torch.stack([root, nxt], 0), grad=True)["y"].sum().backward()
+    assert module.segment_starts == {"exact": 6, "truncated": 3}
+    assert module.carried.num_slots == 3
+    assert (module.carried.state().exclude("last_used") == before.exclude("last_used")).all()
+
+
+def test_envs_in_separate_batches_are_followed_by_their_states(module):
+    """Batches from different workers (rows 0..1 are different envs each time, as with an
+    asynchronous collector): new episodes take free slots (the batch's ("next", "done") says which
+    segments ended), and every continuation is found by its start state and stays exact."""
+    first = acted(module, envs=2, steps=8, seed=1, reset_prob=0.0)
+    second = acted(module, envs=2, steps=8, seed=2, reset_prob=0.0)
+    with set_recurrent_mode(True):
+        for td in (first[:, :4], second[:, :4], first[:, 4:], second[:, 4:]):
+            module(td.exclude("y").clone())["y"].sum().backward()
+    assert module.segment_starts == {"exact": 8, "truncated": 0}
+    assert module.carried.num_slots == 4
