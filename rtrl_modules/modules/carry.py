@@ -215,7 +215,7 @@ class CarriedSensitivities:
         rep_episode = starts_episode & self.start_episode[h] & same_start & same_end
         pending = None
         if end_c is None:  # the same episode start again, or another one: told by the end, in commit
-            pending = starts_episode & self.start_episode[h] & same_start & keeps_tail
+            pending = starts_episode & keeps_tail
 
         read = torch.where(cont | rep, h, -1)
         read_end = cont.clone()
@@ -247,6 +247,11 @@ class CarriedSensitivities:
                 if int(tail[b]) == 1:  # truncated at t = 0, but a new episode starts later in the row
                     claims.append(b)
         for b in claims:
+            # The same episode-start segment trained before (in another slot: rows were reordered)?
+            same = -1 if end_c is None or not bool(starts_episode[b]) else self._find_episode(end_c[b], True)
+            if same >= 0:
+                write[b] = same
+                continue
             used = set(write[write >= 0].tolist()) | set(read[read >= 0].tolist())
             write[b] = self._claim(int(hints[b]), used)
 
@@ -305,7 +310,7 @@ class CarriedSensitivities:
         if plan.pending is not None:
             for b in plan.pending.nonzero().flatten().tolist():
                 own = int(plan.hints[b])
-                if not bool(_matches(self.end_c[own], torch.tensor(False), end_c[b])):
+                if self._find_episode(end_c[b], False) < 0:
                     # Another episode start (not the same segment again, which keeps what it has).
                     used = set(plan.write[plan.write >= 0].tolist()) | set(plan.read[plan.read >= 0].tolist())
                     plan.write[b] = self._claim(own, used)
@@ -360,6 +365,15 @@ class CarriedSensitivities:
             return -2, False
         slot = candidates.pop()
         return slot, bool((ends == slot).any())
+
+    def _find_episode(self, end_c: Tensor, exact: bool) -> int:
+        """A slot whose segment started an episode and ended at ``end_c`` (bit for bit, or within
+        rounding of a recomputed end), else -1."""
+        found = self.has_end & self.start_episode & _matches(
+            self.end_c, self.end_exact & exact, end_c
+        )
+        slots = found.nonzero().flatten()
+        return int(slots[0]) if slots.numel() else -1
 
     def _claim(self, hint: int, used: set[int]) -> int:
         """A slot for a new chain: the row's own if free (or new), else any free one, else a new one (up

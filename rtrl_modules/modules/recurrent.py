@@ -14,6 +14,7 @@ tensordict: the module carries them per environment slot (see :mod:`.carry`).
 from __future__ import annotations
 
 import warnings
+from collections import deque
 
 import torch
 from tensordict import TensorDict, TensorDictBase, unravel_key
@@ -351,6 +352,7 @@ class RTRLModule(TensorDictModuleBase):
         self.segment_starts = {"exact": 0, "truncated": 0}
         self.truncation_causes = dict.fromkeys(TRUNCATION_CAUSES, 0)
         self._warned: set[str] = set()
+        self._written: deque[int] = deque(maxlen=16)  # storages of the ("next", state) it wrote last
 
     # ------------------------------------------------------------------ properties (LSTMModule-like)
     @property
@@ -522,16 +524,21 @@ class RTRLModule(TensorDictModuleBase):
             shaped = tensordict.flatten(0, -2)
         value, is_init = self._read_inputs(shaped)
         stored = self._stored_states(shaped, is_init, value)
+        # The actor's ("next", state), read before it is overwritten below: its last step identifies the
+        # next segment. States this module wrote itself (an earlier call on the same batch) are not
+        # the actor's and are ignored.
         collected = shaped.get(self.out_keys[1], None)
+        if collected is not None and collected.untyped_storage().data_ptr() in self._written:
+            collected = None
         out, states = self._run_segment(shaped, value, stored, is_init, collected)
         shaped.set(self.out_keys[0], out)
-        if collected is None:
-            # LSTMModule's layout: each trajectory's final state at its last step, zeros elsewhere.
-            # Entries already there (the actor's, copied by the collector) are kept as they are:
-            # the next segment's identity and unshifted GAE's next-state reads rely on them.
-            last = torch.ones_like(is_init)
-            last[:, :-1] = is_init[:, 1:]
-            shaped.set(self.out_keys[1], states.detach() * last.unsqueeze(-1).to(states.dtype))
+        # LSTMModule's layout: each trajectory's final state at its last step, zeros elsewhere (what
+        # BurnInTransform and next-state value reads expect: the state recomputed with current weights).
+        last = torch.ones_like(is_init)
+        last[:, :-1] = is_init[:, 1:]
+        next_states = states.detach() * last.unsqueeze(-1).to(states.dtype)
+        self._written.append(next_states.untyped_storage().data_ptr())
+        shaped.set(self.out_keys[1], next_states)
         if shaped is not tensordict:
             tensordict.update(shaped.reshape(shape))
         return tensordict
@@ -591,6 +598,12 @@ class RTRLModule(TensorDictModuleBase):
                 "torchrl.modules.utils.get_primers_from_module(policy)), or pass "
                 "auto_register_policy_transforms=True to the Collector."
             )
+        if state.dtype != value.dtype:
+            raise TypeError(
+                f"{type(self).__name__}: state {self.state_key!r} is {state.dtype} but the input is "
+                f"{value.dtype}; make the primer after casting the module (module.double() before "
+                "make_tensordict_primer()), or cast the batch"
+            )
         if state.shape != (*value.shape[:2], self.hidden_size):
             raise ValueError(
                 f"{type(self).__name__}: state {self.state_key!r} has shape {tuple(state.shape)}, "
@@ -612,9 +625,9 @@ class RTRLModule(TensorDictModuleBase):
             and gradient != "tbptt"
             and any(p.requires_grad for p in self.core.parameters())
         )
-        if not carry:
+        if not carry:  # no gradient reaches the recurrent parameters: S_0 is not needed
             out, _, states = self.core(
-                value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, gradient,
+                value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, "tbptt",
                 track_sensitivities=False, restart_state=restart, return_states=True,
             )  # fmt: skip
             return out, states

@@ -76,7 +76,7 @@ def test_is_init_restarts_from_the_stored_state_not_from_zeros(module):
     torch.testing.assert_close(recurrent(module, view)["y"], data["y"][:, 2:], rtol=1e-12, atol=1e-12)
 
 
-def test_next_state_layout_matches_lstm_module_and_actor_entries_are_kept(module):
+def test_next_state_layout_matches_lstm_module(module):
     data = acted(module, envs=3, steps=8, reset_prob=0.3)
     bare = data.exclude("y", "next")
     out = recurrent(module, bare)
@@ -92,9 +92,9 @@ def test_next_state_layout_matches_lstm_module_and_actor_entries_are_kept(module
     assert torch.equal(ours, lstm_layout)
     actor = data["next", "recurrent_state"]
     torch.testing.assert_close(out["next", "recurrent_state"][ours], actor[ours], rtol=1e-12, atol=1e-12)
-    # Entries already there (the actor's) are left as they are.
-    kept = recurrent(module, data.exclude("y"))
-    assert torch.equal(kept["next", "recurrent_state"], actor)
+    # Entries already there (the actor's) are replaced by the recomputed states, as LSTMModule does.
+    again = recurrent(module, data.exclude("y"))
+    assert torch.equal(again["next", "recurrent_state"], out["next", "recurrent_state"])
 
 
 def test_several_gradient_calls_before_backward_match_segment_by_segment(module):
@@ -160,4 +160,19 @@ def test_envs_in_separate_batches_are_followed_by_their_states(module):
         for td in (first[:, :4], second[:, :4], first[:, 4:], second[:, 4:]):
             module(td.exclude("y").clone())["y"].sum().backward()
     assert module.segment_starts == {"exact": 8, "truncated": 0}
+    assert module.carried.num_slots == 4
+
+
+def test_two_calls_on_a_permuted_batch_keep_one_chain_per_env(module):
+    """Actor then critic on the same (permuted) tensordict: the second call sees the states the first
+    wrote, not the actor's; episode starts must still map to one chain each, so the next segment is
+    found unambiguously."""
+    data = acted(module, envs=4, steps=10, seed=3, reset_prob=0.0)
+    perm = torch.tensor([2, 0, 3, 1])
+    with set_recurrent_mode(True):
+        first = data[perm, :5].exclude("y").clone()
+        module(first)["y"].sum().backward()
+        module(first)["y"].sum().backward()  # ("next", state) is now the module's own
+        module(data[:, 5:].exclude("y").clone())["y"].sum().backward()
+    assert module.segment_starts == {"exact": 12, "truncated": 0}
     assert module.carried.num_slots == 4
