@@ -352,7 +352,9 @@ class RTRLModule(TensorDictModuleBase):
         self.segment_starts = {"exact": 0, "truncated": 0}
         self.truncation_causes = dict.fromkeys(TRUNCATION_CAUSES, 0)
         self._warned: set[str] = set()
-        self._written: deque[int] = deque(maxlen=16)  # storages of the ("next", state) it wrote last
+        # The ("next", state) tensors it wrote last, held so that their memory cannot be reused by
+        # another tensor (an actor's) that would then pass for one of them.
+        self._written: deque[Tensor] = deque(maxlen=4)
 
     # ------------------------------------------------------------------ properties (LSTMModule-like)
     @property
@@ -528,7 +530,9 @@ class RTRLModule(TensorDictModuleBase):
         # next segment. States this module wrote itself (an earlier call on the same batch) are not
         # the actor's and are ignored.
         collected = shaped.get(self.out_keys[1], None)
-        if collected is not None and collected.untyped_storage().data_ptr() in self._written:
+        if collected is not None and any(
+            collected.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in self._written
+        ):
             collected = None
         out, states = self._run_segment(shaped, value, stored, is_init, collected)
         shaped.set(self.out_keys[0], out)
@@ -537,7 +541,7 @@ class RTRLModule(TensorDictModuleBase):
         last = torch.ones_like(is_init)
         last[:, :-1] = is_init[:, 1:]
         next_states = states.detach() * last.unsqueeze(-1).to(states.dtype)
-        self._written.append(next_states.untyped_storage().data_ptr())
+        self._written.append(next_states)
         shaped.set(self.out_keys[1], next_states)
         if shaped is not tensordict:
             tensordict.update(shaped.reshape(shape))
