@@ -176,3 +176,27 @@ def test_two_calls_on_a_permuted_batch_keep_one_chain_per_env(module):
         module(data[:, 5:].exclude("y").clone())["y"].sum().backward()
     assert module.segment_starts == {"exact": 12, "truncated": 0}
     assert module.carried.num_slots == 4
+
+
+def test_fresh_batches_stay_exact_over_many_segments(module):
+    """Many consecutive segments built from fresh tensors each time (memory the allocator reuses): every
+    continuation is recognised from the actor's ("next", state), never mistaken for the module's own."""
+    gen = torch.Generator().manual_seed(9)
+    end = torch.zeros(3, N, dtype=torch.float64)
+    with set_recurrent_mode(True):
+        for k in range(25):
+            state = torch.zeros(3, 4, N, dtype=torch.float64)
+            state[:, 0] = end
+            is_init = torch.zeros(3, 4, 1, dtype=torch.bool)
+            is_init[:, 0] = k == 0
+            nxt = torch.randn(3, 4, N, generator=gen, dtype=torch.float64)  # the "actor's" states
+            td = TensorDict(
+                x=torch.randn(3, 4, D, generator=gen, dtype=torch.float64),
+                is_init=is_init,
+                recurrent_state=state,
+                next=TensorDict(recurrent_state=nxt, batch_size=[3, 4]),
+                batch_size=[3, 4],
+            )
+            module(td.clone())["y"].sum().backward()
+            end = nxt[:, -1]
+    assert module.segment_starts == {"exact": 75, "truncated": 0}
