@@ -259,7 +259,7 @@ class CarriedSensitivities:
         self.last_used[touched] = self.calls
         plan = self._prepare(hints, read, read_end, write, advance, causes, starts_episode)
         if pending is not None and bool(pending.any()):
-            plan.pending, plan.hints = pending, h
+            plan.pending, plan.hints = pending, hints
         return plan
 
     def _prepare(self, h, read, read_end, write, advance, causes, starts_episode) -> Plan:

@@ -250,20 +250,23 @@ class RTRLModule(TensorDictModuleBase):
       and ``is_init`` [*B, 1]; writes ``out`` [*B, N'] and ``("next", state)`` [*B, N]. Computes no
       sensitivities; gradients, if any, are truncated at the step.
     * **Recurrent mode** (``torchrl.modules.set_recurrent_mode(True)``, as inside every TorchRL
-      loss): tensordict [B, T] (or [T], or [..., B, T] flattened), time last. The segment starts
-      from the actor's state at t = 0 (``state[:, 0]``) and restarts at every ``is_init``. With
-      ``gradient="rtrl"``/``"rtrl_stepwise"`` and autograd on, S_0 comes from the sensitivities the
-      module carries per env slot and S_T is stored back, so ``loss.backward()`` gives exact,
-      untruncated RTRL gradients across consecutive segments. Row ``b`` of the batch is env slot
-      ``b`` unless ``slot_key`` is given (then ``td[slot_key][:, 0]`` names each row's slot, which
-      lets minibatches hold a subset of envs).
+      loss): tensordict [B, T] (or [T], or [..., B, T] flattened), time last. Each row starts from
+      the stored state at t = 0 and restarts from the stored state at every ``is_init`` (zeros at a
+      real reset); ``("next", state)`` gets LSTMModule's layout. With ``gradient="rtrl"`` or
+      ``"rtrl_stepwise"`` and autograd on, a row whose start provably continues (or repeats) a
+      segment trained before takes its carried S_0, so ``loss.backward()`` gives exact, untruncated
+      RTRL gradients across consecutive segments; any other start gets the stored-state truncated
+      gradient, counted in ``segment_starts``/``truncation_causes`` and warned about once per cause
+      (:class:`TruncatedGradientWarning`). Rows may come in any order (docs/torchrl.md).
 
     Args:
         core: the RTRL core to wrap.
         in_key / in_keys, out_key / out_keys: as in ``LSTMModule``; with ``in_key``/``out_key`` the
             state key is ``"recurrent_state"`` and is written to ``("next", "recurrent_state")``.
         gradient: ``"rtrl"`` (default: the core's), ``"rtrl_stepwise"`` or ``"tbptt"``.
-        slot_key: optional key of an integer env-slot index [B, T] in the training batch.
+        slot_key: optional key of an integer env-slot index [B, T] in the training batch (a hint:
+            rows are also found by their start state).
+        strict: raise :class:`TruncatedGradientError` instead of warning at a truncated start.
         default_recurrent_mode: recurrent mode outside any ``set_recurrent_mode`` context.
         is_init_key: the episode-start key appended to a two-key ``in_keys`` (default
             ``"is_init"``, as InitTracker writes it); also names a custom third in_key.
