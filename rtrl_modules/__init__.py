@@ -21,6 +21,7 @@ from .modules import (
     TruncatedGradientWarning,
     make_agent,
     make_recurrent_module,
+    segment_start_counts,
 )
 from .objectives import R2ACLoss
 
@@ -48,6 +49,7 @@ __all__ = [
     "SRUModule",
     "TruncatedGradientWarning",
     "TruncatedGradientError",
+    "segment_start_counts",
     "FeedForwardModule",
     "RECURRENT_KINDS",
     "make_recurrent_module",

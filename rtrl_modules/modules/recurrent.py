@@ -723,7 +723,12 @@ def segment_start_counts(module: torch.nn.Module) -> dict[str, int]:
     """Segment starts seen by every :class:`RTRLModule` inside ``module``: ``{"exact", "truncated"}``
     and the truncations by cause (``truncated_<cause>``); empty if it holds none (baselines)."""
     counts: dict[str, int] = {}
-    for sub in module.modules():
+    found = {id(m): m for m in module.modules()}
+    for owner in list(found.values()):  # TorchRL losses keep their networks outside _modules
+        for value in vars(owner).values():
+            if isinstance(value, torch.nn.Module):
+                found.update({id(m): m for m in value.modules()})
+    for sub in found.values():
         if isinstance(sub, RTRLModule):
             items = [*sub.segment_starts.items()]
             items += [(f"truncated_{cause}", n) for cause, n in sub.truncation_causes.items()]

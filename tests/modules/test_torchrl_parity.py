@@ -311,3 +311,44 @@ def test_exported_acting_policy_matches_eager():
     eager = policy(td.clone())
     torch.testing.assert_close(action, eager["action"])
     torch.testing.assert_close(state, eager["next", "recurrent_state"])
+
+
+def test_torchrl_export_tutorial_pattern_with_batch_size_transforms():
+    """TorchRL's export tutorial wraps its recurrent policy in BatchSizeTransforms (unsqueeze, then
+    squeeze), with a state key that is not under "next" and a scalar is_init; the module drops in."""
+    from torchrl.envs import BatchSizeTransform
+
+    torch.manual_seed(0)
+    rec = ELSTMModule(6, 16, in_keys=["observation", "hidden"], out_keys=["intermediate", "hidden"])
+    policy = TensorDictSequential(
+        BatchSizeTransform(reshape_fn=lambda x: x.unsqueeze(0)),
+        rec.make_python_based(),
+        TensorDictModule(torch.nn.Linear(16, 3), in_keys=["intermediate"], out_keys=["action"]),
+        BatchSizeTransform(reshape_fn=lambda x: x.squeeze(0)),
+    )
+    policy.select_out_keys("action", "hidden")
+    kwargs = {
+        "observation": torch.randn(6),
+        "hidden": torch.randn(16),
+        "is_init": torch.zeros((), dtype=torch.bool),
+    }
+    eager = policy(**kwargs)
+    exported = torch.export.export(policy, args=(), kwargs=kwargs, strict=False)
+    for got, want in zip(exported.module()(**kwargs), eager):
+        torch.testing.assert_close(got, want)
+
+
+def test_segment_counts_are_found_inside_torchrl_losses():
+    """DQNLoss keeps its value network outside ``_modules``; the counts are still found."""
+    from torchrl.data import Categorical
+    from torchrl.modules import QValueModule
+    from torchrl.objectives import DQNLoss
+
+    from rtrl_modules import segment_start_counts
+
+    rec = ELSTMModule(4, 8, in_key="observation", out_key="features")
+    head = TensorDictModule(torch.nn.Linear(8, 2), in_keys=["features"], out_keys=["action_value"])
+    policy = TensorDictSequential(rec, head, QValueModule(spec=Categorical(2)))
+    loss = DQNLoss(policy, action_space="categorical", delay_value=True)
+    rec.segment_starts["exact"] = 3
+    assert segment_start_counts(loss)["exact"] == 3
