@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -288,10 +287,12 @@ class R2ACModule(LightningModule):
             base.load_episode_state(state["env_state"])
 
     # ------------------------------------------------------------------------------------ evaluation
-    def greedy_evaluation(self) -> dict[str, float]:
-        """Mean greedy (argmax) return: ProcGen on its level sets, other suites on fresh envs."""
+    def greedy_evaluation(self, num_episodes: int | None = None) -> dict[str, float]:
+        """Mean greedy (argmax) return: ProcGen on its level sets, other suites on fresh envs.
+        ``num_episodes`` (default ``eval_episodes``) is the number of episodes (per level set)."""
         hp = self.hparams
-        if hp.eval_episodes <= 0:
+        episodes = hp.eval_episodes if num_episodes is None else num_episodes
+        if episodes <= 0:
             return {}
         seed = hp.seed + 10_000
         if hp.suite == "procgen":
@@ -301,17 +302,86 @@ class R2ACModule(LightningModule):
             return evaluate_procgen(
                 self.actor,
                 hp.task,
-                num_envs=min(8, hp.eval_episodes),
-                num_episodes=hp.eval_episodes,
+                num_envs=min(8, episodes),
+                num_episodes=episodes,
                 env_transform=self._add_agent_transforms,
                 **options,
             )
-        env = self._add_agent_transforms(
-            self._make_env(min(hp.num_envs, hp.eval_episodes), seed, evaluation=True)
-        )
-        returns = evaluate(env, self.actor, hp.eval_episodes)
+        env = self._add_agent_transforms(self._make_env(min(hp.num_envs, episodes), seed, evaluation=True))
+        returns = evaluate(env, self.actor, episodes)
         env.close()
         return {"greedy_return": float(returns.mean())}
+
+    def greedy_returns(
+        self,
+        num_episodes: int,
+        *,
+        level_set: str | None = None,
+        max_steps: int | None = None,
+        policy: Any = None,
+    ) -> torch.Tensor:
+        """Returns of ``num_episodes`` greedy episodes, float32 ``[N]`` (fewer if ``max_steps`` stops
+        first), with the envs, seeds and batch size of :meth:`greedy_evaluation` (same numbers).
+        ProcGen plays ``level_set`` (default: the training config's levels). ``policy`` wraps the actor
+        (``recipes.evaluate`` records frames with it)."""
+        hp = self.hparams
+        options = dict(hp.env_options or {})
+        if hp.suite == "procgen":
+            if level_set is not None:
+                options = {k: v for k, v in options.items() if k not in ("num_levels", "start_level")}
+                options["level_set"] = level_set
+            num_envs = min(8, num_episodes)
+        else:
+            if level_set is not None:
+                raise ValueError(f"level_set is for ProcGen only (suite {hp.suite!r})")
+            options["seed"] = hp.seed + 10_000
+            num_envs = min(hp.num_envs, num_episodes)
+        env = self._add_agent_transforms(make_eval_env(hp.suite, hp.task, num_envs, **options))
+        try:
+            return evaluate(env, policy or self.actor, num_episodes, max_steps=max_steps)
+        finally:
+            env.close()
+
+    # ``recipes test|validate --config <cfg> --ckpt_path <ckpt>``: one dummy batch, one greedy evaluation.
+    DEFAULT_TEST_EPISODES = 10  # when the config's eval_episodes is 0
+
+    def on_fit_start(self) -> None:
+        # Validation (a greedy evaluation) is not part of fit: LearningCurve evaluates at its end.
+        # No sanity check, no validation loop; restored in on_fit_end for a later trainer.validate().
+        self._limit_val_batches = self.trainer.limit_val_batches
+        self.trainer.limit_val_batches = 0
+
+    def on_fit_end(self) -> None:
+        if getattr(self, "_limit_val_batches", None) is not None:
+            self.trainer.limit_val_batches, self._limit_val_batches = self._limit_val_batches, None
+
+    def _evaluation_loader(self) -> DataLoader:
+        return DataLoader([0], batch_size=None)  # one dummy batch: the step runs one greedy evaluation
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def _log_greedy_evaluation(self, prefix: str) -> dict[str, float]:
+        episodes = self.hparams.eval_episodes or self.DEFAULT_TEST_EPISODES
+        results = self.greedy_evaluation(episodes)
+        log = {
+            f"{prefix}/" + (key if key == "greedy_return" else f"greedy_return_{key}"): value
+            for key, value in results.items()
+        }
+        if "test_mean" in results:  # ProcGen: the headline number is the mean over the test level sets
+            log[f"{prefix}/greedy_return"] = results["test_mean"]
+        log[f"{prefix}/episodes"] = float(episodes)
+        self.log_dict(log, batch_size=1, on_step=False, on_epoch=True, sync_dist=True)
+        return log
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._log_greedy_evaluation("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._log_greedy_evaluation("test")
 
     def teardown(self, stage: str) -> None:
         if self.collector is not None:
@@ -334,8 +404,10 @@ class LearningCurve(Callback):
             return
         folder.mkdir(parents=True, exist_ok=True)
         evaluation = module.greedy_evaluation()
-        with open(folder / "learning_curve.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["frames", "episode_return"])
+        from recipes.plots import CURVE_COLUMNS, CURVE_FILE  # the columns recipes.compare reads
+
+        with open(folder / CURVE_FILE, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(CURVE_COLUMNS))
             writer.writeheader()
             writer.writerows(module.history)
         if evaluation:
@@ -350,23 +422,12 @@ class LearningCurve(Callback):
 
 
 def _plot(module: R2ACModule, path: Path, smoothing: int) -> None:
-    import matplotlib
+    from recipes.plots import label_axes, new_figure, plot_run, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    frames = [h["frames"] for h in module.history]
-    returns = torch.tensor([h["episode_return"] for h in module.history])
-    window = max(1, min(smoothing, len(returns)))
-    smooth = returns.unfold(0, window, 1).mean(-1) if len(returns) >= window else returns
     hp = module.hparams
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(frames, returns.tolist(), alpha=0.25, lw=0.8)
-    ax.plot(frames[window - 1 :], smooth.tolist(), lw=2, label=f"{hp.core}, M={hp.segment_length}")
-    ax.set(xlabel="environment frames", ylabel="episode return", title=f"{hp.suite}/{hp.task}")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    frames = [h["frames"] for h in module.history]
+    returns = [h["episode_return"] for h in module.history]
+    fig, ax = new_figure()
+    plot_run(ax, frames, returns, smoothing, label=f"{hp.core}, M={hp.segment_length}")
+    label_axes(ax, f"{hp.suite}/{hp.task}")
+    save_figure(fig, path)
