@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,11 @@ class R2ACModule(LightningModule):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_envs * segment_length > total_frames:
+            raise ValueError(
+                f"total_frames={total_frames} is less than one update (num_envs × segment_length = "
+                f"{num_envs} × {segment_length} = {num_envs * segment_length} frames)"
+            )
         if env_options and "seed" in env_options:
             raise ValueError("set the seed with seed (rank r uses seed + 1000·r), not with env_options.seed")
         self.save_hyperparameters()
@@ -207,10 +213,16 @@ class R2ACModule(LightningModule):
         # collected-but-untrained segment (which would misalign the carried sensitivities).
         batch, _, _ = next(dataloader_iter)  # (batch, batch index, dataloader index)
         total, metrics = loss_and_metrics(self.loss, batch)
+        self.last_loss = total.detach()  # read by recipes.callbacks.DivergenceGuard
         self.frames += batch.numel()
         log = {f"train/{k}": v for k, v in metrics.items()}
         log["train/loss"] = total.detach()
         log["frames"] = float(self.frames * self.trainer.world_size)
+        log["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        now = time.monotonic()
+        if getattr(self, "_step_clock", None) is not None and now > self._step_clock:
+            log["train/fps"] = batch.numel() * self.trainer.world_size / (now - self._step_clock)
+        self._step_clock = now
         stats = episode_stats(batch)
         if "episode_return" in stats and stats["episode_return"].numel():
             log["train/episode_return"] = stats["episode_return"].mean()
