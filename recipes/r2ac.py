@@ -427,6 +427,10 @@ class LearningCurve(Callback):
                 writer = csv.writer(f)
                 writer.writerow(["metric", "value"])
                 writer.writerows(evaluation.items())
+            for logger in trainer.loggers:  # also in metrics.csv and TensorBoard, at the final frame count
+                metrics = {f"eval/{key}": value for key, value in evaluation.items()}
+                logger.log_metrics(metrics, step=module.frames)
+                logger.save()
             print(f"final greedy evaluation: {evaluation}", flush=True)
         if module.history:
             _plot(module, folder / "learning_curve.png", self.smoothing)

@@ -1,5 +1,6 @@
 """The R2AC Lightning recipe: shipped configs, the CLI, checkpoints and resume, DDP on 2 CPU processes."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -87,6 +88,9 @@ def test_main_job_writes_checkpoint_logs_and_plot(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert any((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     assert "final greedy evaluation" in out.stdout
+    with open(run_dir / "metrics.csv") as f:  # the final evaluation is in the logs too
+        rows = [row for row in csv.DictReader(f) if row.get("eval/greedy_return")]
+    assert len(rows) == 1 and -1.0 <= float(rows[0]["eval/greedy_return"]) <= 1.0
 
 
 def test_ddp_fit_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
