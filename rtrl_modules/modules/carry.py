@@ -235,8 +235,10 @@ class CarriedSensitivities:
                     slot, is_cont = self._search(c0[b])
                     if slot >= 0:
                         read[b], read_end[b] = slot, is_cont
-                        same = is_cont or bool(same_end[b]) if end_c is None else bool(
-                            is_cont or (self.has_end[slot] & (self.end_c[slot] == end_c[b]).all())
+                        # The slot's segment itself (continued, or repeated with the same end)?
+                        same = is_cont or (
+                            end_c is not None
+                            and bool(self.has_end[slot] & (self.end_c[slot] == end_c[b]).all())
                         )
                         if bool(keeps_tail[b]) and same:
                             write[b], advance[b] = slot, is_cont

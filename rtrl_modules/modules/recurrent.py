@@ -503,12 +503,13 @@ class RTRLModule(TensorDictModuleBase):
         Branch-free on data (only shapes, dtypes and key presence are inspected), so an acting policy
         compiles with ``torch.compile(fullgraph=True)`` and exports with ``torch.export``; the checks
         that read values (a missing state while rows continue an episode, finite inputs) run eagerly
-        and are skipped while tracing (see :meth:`_read_state` and ``core.checks.check_input``).
+        and are skipped while tracing (see :meth:`_stored_states` and ``core.checks.check_input``).
         """
         shape = tensordict.shape
         shaped = tensordict.reshape(-1).unsqueeze(-1)
         value, is_init = self._read_inputs(shaped)
-        c0 = self._read_state(shaped, is_init, value)
+        c0 = self._stored_states(shaped, is_init, value)[:, 0]
+        c0 = torch.where(is_init[:, :1], torch.zeros_like(c0), c0)
         out, new_state = self.core(value, TensorDict({STATE_KEY: c0}, [c0.shape[0]]), is_init, "tbptt")
         shaped.set(self.out_keys[0], out)
         shaped.set(self.out_keys[1], new_state[STATE_KEY].unsqueeze(1))
@@ -529,6 +530,13 @@ class RTRLModule(TensorDictModuleBase):
             shaped = tensordict.flatten(0, -2)
         value, is_init = self._read_inputs(shaped)
         stored = self._stored_states(shaped, is_init, value)
+        dtype = self.core.cell.weight_ih.dtype  # the carried store and the restarts are in this dtype
+        if stored.dtype != dtype:
+            raise TypeError(
+                f"{type(self).__name__}: state {self.state_key!r} is {stored.dtype} but the module's "
+                f"parameters are {dtype}; make the primer after casting the module (module.double() "
+                "before make_tensordict_primer()), or cast the batch"
+            )
         # The actor's ("next", state), read before it is overwritten below: its last step identifies the
         # next segment. States this module wrote itself (an earlier call on the same batch) are not
         # the actor's and are ignored.
@@ -569,13 +577,13 @@ class RTRLModule(TensorDictModuleBase):
             raise TypeError(f"{self.is_init_key!r} must be a bool tensor, got {is_init.dtype}")
         return value, is_init
 
-    def _read_state(self, td: TensorDictBase, is_init: Tensor, value: Tensor) -> Tensor:
+    def _stored_states(self, td: TensorDictBase, is_init: Tensor, value: Tensor) -> Tensor:
+        """The stored state at every step [B, T, N]; zeros, like LSTMModule, when it is absent and every
+        row starts an episode (checking that reads the data, so traced graphs skip it)."""
         state = td.get(self.state_key, None)
         if state is None:
-            # Zeros, like LSTMModule, when every row starts an episode. Checking that reads the data,
-            # so traced graphs (compile/export) skip it and start from zeros.
             if torch.compiler.is_compiling() or bool(is_init[:, 0].all()):
-                return value.new_zeros(value.shape[0], self.hidden_size)
+                return value.new_zeros(*value.shape[:2], self.hidden_size)
             raise KeyError(
                 f"{type(self).__name__}: the recurrent state {self.state_key!r} is missing from the "
                 "tensordict while some rows continue an episode, so the state was dropped between steps "
@@ -584,37 +592,10 @@ class RTRLModule(TensorDictModuleBase):
                 "torchrl.modules.utils.get_primers_from_module(policy)), or pass "
                 "auto_register_policy_transforms=True to the Collector."
             )
-        if state.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"{type(self).__name__}: state {self.state_key!r} has shape {tuple(state.shape)}, "
-                f"expected [..., {self.hidden_size}]"
-            )
-        c0 = state[:, 0]
-        return torch.where(is_init[:, :1], torch.zeros_like(c0), c0)
-
-    def _stored_states(self, td: TensorDictBase, is_init: Tensor, value: Tensor) -> Tensor:
-        """The stored state at every step [B, T, N] (zeros when absent and every row starts an episode)."""
-        state = td.get(self.state_key, None)
-        if state is None:
-            if bool(is_init[:, 0].all()):
-                return value.new_zeros(*value.shape[:2], self.hidden_size)
-            raise KeyError(
-                f"{type(self).__name__}: the recurrent state {self.state_key!r} is missing from the "
-                "tensordict while some rows continue an episode, so the state was dropped between steps. "
-                "Add the primer: env.append_transform(module.make_tensordict_primer()) (or "
-                "torchrl.modules.utils.get_primers_from_module(policy)), or pass "
-                "auto_register_policy_transforms=True to the Collector."
-            )
-        if state.dtype != value.dtype:
-            raise TypeError(
-                f"{type(self).__name__}: state {self.state_key!r} is {state.dtype} but the input is "
-                f"{value.dtype}; make the primer after casting the module (module.double() before "
-                "make_tensordict_primer()), or cast the batch"
-            )
         if state.shape != (*value.shape[:2], self.hidden_size):
             raise ValueError(
                 f"{type(self).__name__}: state {self.state_key!r} has shape {tuple(state.shape)}, "
-                f"expected [B, T, {self.hidden_size}]"
+                f"expected {[*value.shape[:2], self.hidden_size]}"
             )
         return state
 

@@ -200,3 +200,22 @@ def test_fresh_batches_stay_exact_over_many_segments(module):
             module(td.clone())["y"].sum().backward()
             end = nxt[:, -1]
     assert module.segment_starts == {"exact": 75, "truncated": 0}
+
+
+def test_state_dtype_is_checked_against_the_parameters_not_the_autocast_input():
+    """Under autocast the input arrives in bf16 while the state stays in the parameters' dtype: fine.
+    A state in another dtype than the parameters (a primer made before .double()) is a clear error."""
+    m = ELSTMModule(D, N, in_key="x", out_key="y")
+    td = TensorDict(
+        x=torch.randn(2, 4, D).bfloat16(),
+        is_init=torch.ones(2, 4, 1, dtype=torch.bool),
+        recurrent_state=torch.zeros(2, 4, N),
+        batch_size=[2, 4],
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16), set_recurrent_mode(True):
+        m(td)["y"].float().sum().backward()
+    assert m.core.cell.weight_ih.grad is not None
+    stale = td.exclude("y").clone()
+    stale["x"] = stale["x"].double()  # the state stays float32
+    with set_recurrent_mode(True), pytest.raises(TypeError, match="make the primer after casting"):
+        m.double()(stale)
