@@ -400,19 +400,24 @@ def test_replay_update_between_on_policy_updates_keeps_them_exact():
 
 
 # ------------------------------------------------------------------------------------ burn-in
-def test_burn_in_transform_starts_a_truncated_segment_from_the_burned_in_state():
-    """BurnInTransform(modules=[stem, rec], burn_in=4) on a collected [B, 16] batch: the remaining
-    [B, 12] segment starts from the burned-in state, which no trained segment ends with ("unknown"):
-    the gradient is BPTT from that state as a constant."""
+def burn_in_data(burn_in: int):
+    """A collected [2, 16] batch, keeping the rows that do not reset during or right after the
+    burn-in (SliceSampler slices never do): (agent, rows mask, data)."""
     agent = Agent(seed=7)
     env = make_env(2)
     env.set_seed(7)
     (batch,) = collect(agent, env, batches=1, steps=16)
-    burn_in = 4
-    # Rows that do not reset during or right after the burn-in (SliceSampler slices never do).
     rows = ~batch["is_init"][:, 1 : burn_in + 1].any(1).squeeze(-1)
     assert rows.any()
-    data = batch[rows]
+    return agent, rows, batch[rows]
+
+
+def test_burn_in_transform_starts_a_truncated_segment_from_the_burned_in_state():
+    """BurnInTransform(modules=[stem, rec], burn_in=4) on a collected [B, 16] batch: the remaining
+    [B, 12] segment starts from the burned-in state, which no trained segment ends with ("unknown"):
+    the gradient is BPTT from that state as a constant."""
+    burn_in = 4
+    agent, rows, data = burn_in_data(burn_in)
     transform = BurnInTransform(modules=[agent.stem, agent.rec], burn_in=burn_in)
     with set_recurrent_mode(True):
         burned = transform(data.clone())
@@ -446,13 +451,8 @@ def test_burn_in_transform_starts_a_truncated_segment_from_the_burned_in_state()
 def test_burn_in_recomputes_the_state_with_the_current_weights():
     """BurnInTransform exists to refresh stored states with the learner's current weights (as it
     does for LSTMModule); here the weights changed since collection (as after an optimizer step)."""
-    agent = Agent(seed=7)
-    env = make_env(2)
-    env.set_seed(7)
-    (batch,) = collect(agent, env, batches=1, steps=16)
     burn_in = 4
-    rows = ~batch["is_init"][:, 1 : burn_in + 1].any(1).squeeze(-1)
-    data = batch[rows]
+    agent, rows, data = burn_in_data(burn_in)
     with torch.no_grad():
         agent.rec.core.cell.weight_ih.mul_(1.5)
     with set_recurrent_mode(True):
