@@ -6,6 +6,12 @@ update budget; the run stops early once all 1000 validation sequences are copied
 summaries, to ``--out``.
 
     python benchmarks/copy_task_table.py --jobs 2 --out docs/copy_task_table.md
+
+``--metrics`` instead scores models by both metrics (ours, and the official code's, which ignores
+the "1" bits) on a fixed 999-sequence test set: a model that memorises nothing (no training) at
+T = 50 and 500, and the best-validation checkpoints of short runs with our loss and the official one.
+
+    python benchmarks/copy_task_table.py --metrics --jobs 2 --out docs/copy_task_metrics.md
 """
 
 from __future__ import annotations
@@ -75,10 +81,21 @@ LONG_ROWS = [
         extra=(*_LONG, "--model.init_args.lr_milestones=[]")),
 ]  # fmt: skip
 
+# Both metrics (``--metrics``): each run keeps its best-validation checkpoint and scores the test set with it.
+_TESTED = ("--model.init_args.keep_best=true", "--data.init_args.test_size=999")
+METRIC_ROWS = [
+    Row("our loss (rtrl config)", "rtrl", 10, 20_000, minutes=5,
+        extra=(*_TESTED, "--trainer.val_check_interval=50")),
+    Row("official loss, N = 128, lr 3e-3 (official config)", "official", 10, 1_000_000, minutes=5,
+        extra=("--model.init_args.hidden_size=128", "--model.init_args.lr=3e-3")),
+    Row("official config (N = 2048, lr 3e-5), validated every 10 batches", "official", 50, 3_950_000,
+        minutes=5, extra=("--trainer.val_check_interval=10",)),
+]  # fmt: skip
+
 
 def run_row(row: Row, log_root: Path) -> dict:
     name = f"{row.config}_T{row.max_length}" + (f"_k{row.segment_length}" if row.segment_length else "")
-    log_dir = log_root / name
+    log_dir = log_root / (name + ("_metrics" if row in METRIC_ROWS else ""))
     cmd = row.command(str(log_dir))
     cmd[0] = sys.executable
     start = time.perf_counter()
@@ -107,6 +124,46 @@ def markdown(rows: list[Row], summaries: list[dict]) -> str:
             f"| {row.max_length} | {row.label} | {100 * s['best_val_seq_acc']:.1f}% | {reached} "
             f"| {row.max_steps:,} / {row.minutes} | {s['updates']:,} / {s['sequences']:,} "
             f"| {s['wall_s']:.0f} | `{cmd}` |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def score_copies_nothing(max_lengths: tuple[int, ...] = (50, 500)) -> list[dict]:
+    """Both metrics of the model that memorises nothing (``recipes.copy_task.copies_nothing``) on the
+    fixed 999-sequence test set (official sizes, seed 0), for each readout and T."""
+    from recipes.copy_task import OFFICIAL_SIZES, CopyTaskData, copies_nothing, evaluate
+
+    results = []
+    for max_length in max_lengths:
+        test = list(CopyTaskData(max_length=max_length, **OFFICIAL_SIZES).test_dataloader())
+        for output in ("three_way", "bits"):
+            scores = evaluate(lambda batch: copies_nothing(batch, output), test, output)  # noqa: B023
+            results.append({"max_length": max_length, "output": output, **scores})
+    return results
+
+
+def metrics_markdown(nothing: list[dict], rows: list[Row], summaries: list[dict]) -> str:
+    """The both-metrics table: test-set scores (%) by our metric and the official one."""
+    head = (
+        "| model | T | trained (updates / sequences / wall s) | ours: seq. acc. | ours: bit acc. "
+        "| official: seq. acc. | official: step acc. | command |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    pct = "{:.1f}%".format
+    lines = []
+    readout = {"three_way": "three-way readout", "bits": "two-way readout"}
+    for r in nothing:
+        lines.append(
+            f"| memorises nothing ({readout[r['output']]}) | {r['max_length']} | not trained "
+            f"| {pct(100 * r['seq_acc'])} | {pct(100 * r['bit_acc'])} | {pct(100 * r['official_seq_acc'])} "
+            f"| {pct(100 * r['official_step_acc'])} | `python benchmarks/copy_task_table.py --metrics` |"
+        )
+    for row, s in zip(rows, summaries):
+        t = s["test"]
+        lines.append(
+            f"| {row.label}: best of {s['updates']:,} updates (at {t['update']:,}) | {row.max_length} "
+            f"| {s['updates']:,} / {s['sequences']:,} / {s['wall_s']:.0f} | {pct(100 * t['seq_acc'])} "
+            f"| {pct(100 * t['bit_acc'])} | {pct(100 * t['official_seq_acc'])} "
+            f"| {pct(100 * t['official_step_acc'])} | `{shlex.join(row.command())}` |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -157,7 +214,20 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "copy_task_curves.png")
     parser.add_argument("--plot-only", action="store_true", help="only redraw --figure from --log-root")
     parser.add_argument("--long", action="store_true", help="run LONG_ROWS instead of ROWS")
+    parser.add_argument("--metrics", action="store_true", help="both metrics: METRIC_ROWS + copies nothing")
     args = parser.parse_args()
+    if args.metrics:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            summaries = list(pool.map(lambda r: run_row(r, args.log_root), METRIC_ROWS))
+        nothing = score_copies_nothing()
+        table = metrics_markdown(nothing, METRIC_ROWS, summaries)
+        print(table)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"copies_nothing": nothing, "runs": summaries}, indent=2)
+        )
+        return
     rows = [r for r in (LONG_ROWS if args.long else ROWS) if not args.only_T or r.max_length in args.only_T]
     if args.plot_only:
         plot_curves(ROWS + LONG_ROWS, args.log_root, args.figure)

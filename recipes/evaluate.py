@@ -7,8 +7,9 @@ The module is rebuilt from the checkpoint (``R2ACModule.load_from_checkpoint``: 
 saved at training time; ``--config`` overrides them with a config's ``model.init_args``, except the
 network's and the task, which the weights fix: e.g. other ``env_options``, ``seed``). Episodes
 are played greedily (argmax) on fresh evaluation envs with the envs, seeds and batch size of the
-final evaluation of ``fit`` (Atari: full games; ProcGen: every level set unless ``--level-set``),
-so the numbers match ``evaluation.csv`` and ``recipes test``. One line per level set is printed:
+final evaluation of ``fit`` (its ``eval_protocol``: Atari full games; ProcGen the protocol's level
+sets unless ``--level-set``; the official protocol's repeated runs), so the numbers match
+``evaluation.csv`` and ``recipes test``. One line per level set (or run) is printed:
 
     memory/delayed_cue: greedy return mean=0.9400 std=0.3412 episodes=200
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from rtrl_modules.envs import EvalSet, evaluation_plan
 from rtrl_modules.envs.procgen import PROCGEN_LEVEL_SETS
 
 DEFAULT_EPISODES = 10  # when the checkpoint's eval_episodes is 0
@@ -46,7 +48,11 @@ NETWORK_KEYS = (
     "hidden_size",
     "embed_size",
     "forget_bias",
+    "init",
+    "conv_scale",
+    "feedforward_layer",
     "stem_checkpoint",
+    "stem_parts",
     "freeze_stem",
 )
 RESULT_COLUMNS = ("checkpoint", "suite", "task", "level_set", "episodes", "mean", "std", "min", "max")
@@ -185,33 +191,34 @@ def evaluate_checkpoint(
     scale: int = 4,
     max_video_frames: int = 10_000,
 ) -> list[dict[str, Any]]:
-    """Greedy returns of a checkpoint: one row (``RESULT_COLUMNS``) per level set (one for non-ProcGen)."""
+    """Greedy returns of a checkpoint: one row (``RESULT_COLUMNS``) per level set or run of its
+    evaluation protocol (one row for a single set)."""
     module = load_module(checkpoint, config)
     hp = module.hparams
-    episodes = episodes or hp.eval_episodes or DEFAULT_EPISODES
+    official = hp.eval_protocol == "official"
+    episodes = episodes if official else episodes or hp.eval_episodes or DEFAULT_EPISODES
     if video is not None:
         if hp.suite not in PIXEL_SUITES:
             raise ValueError(f"--video needs a pixel suite ({', '.join(PIXEL_SUITES)}), not {hp.suite!r}")
         if Path(video).suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"--video: use a {', '.join(VIDEO_SUFFIXES)} file, not {video}")
-    if hp.suite == "procgen":
-        sets: list[str | None] = list(level_sets or PROCGEN_LEVEL_SETS)
-    else:
-        if level_sets:
-            raise ValueError(f"--level-set is for ProcGen only (suite {hp.suite!r})")
-        sets = [None]
+    if level_sets and hp.suite != "procgen":
+        raise ValueError(f"--level-set is for ProcGen only (suite {hp.suite!r})")
+    plan = evaluation_plan(hp.suite, hp.eval_protocol, episodes)
+    if level_sets:
+        plan = [EvalSet(name, plan[0].episodes, {"level_set": name}) for name in level_sets]
     recorder = FrameRecorder(module.actor, shows_rgb(module), scale, max_video_frames) if video else None
     rows = []
     with torch.no_grad():
-        for i, level_set in enumerate(sets):
+        for i, part in enumerate(plan):
             policy = recorder if recorder is not None and i == 0 else None
-            returns = module.greedy_returns(episodes, level_set=level_set, max_steps=max_steps, policy=policy)
+            returns = module.greedy_returns(part.episodes, max_steps=max_steps, policy=policy, **part.options)
             rows.append(
                 {
                     "checkpoint": str(checkpoint),
                     "suite": hp.suite,
                     "task": hp.task,
-                    "level_set": level_set or "",
+                    "level_set": part.name,
                     **summarize(returns),
                     "returns": returns.tolist(),
                 }
@@ -249,12 +256,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="a checkpoint of `recipes fit` (e.g. .../checkpoints/last.ckpt)")
     parser.add_argument(
         "--episodes", type=int, default=None,
-        help=f"episodes (per ProcGen level set); default: the run's eval_episodes, else {DEFAULT_EPISODES}",
+        help=f"episodes (per ProcGen level set or run); default: the run's eval_episodes, else "
+        f"{DEFAULT_EPISODES} (eval_protocol=official: the protocol's counts)",
     )  # fmt: skip
     parser.add_argument("--config", help="a recipe config whose model.init_args override the checkpoint's")
     parser.add_argument(
         "--level-set", action="append", choices=list(PROCGEN_LEVEL_SETS), dest="level_sets",
-        help="ProcGen level set to evaluate (repeatable); default: all four",
+        help="ProcGen level set to evaluate (repeatable); default: the run's eval_protocol's four",
     )  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many env steps")
     parser.add_argument("--output", help="write the results to this .csv or .json file")

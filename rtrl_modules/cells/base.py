@@ -113,6 +113,17 @@ class ElementwiseCell(nn.Module):
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
 
 
+#: Parameter initialisations of the cells that offer a choice (``ELSTMCell(..., init=...)``).
+INIT_SCHEMES: tuple[str, ...] = ("default", "official")
+
+
+def check_init(init: str) -> str:
+    """Return ``init`` if it is one of :data:`INIT_SCHEMES`, else raise a one-line ``ValueError``."""
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"unknown init {init!r}; valid choices are {', '.join(INIT_SCHEMES)}")
+    return init
+
+
 def uniform_(tensor: Tensor, bound: float) -> Tensor:
     """In-place U(-bound, bound) without autograd tracking."""
     with torch.no_grad():

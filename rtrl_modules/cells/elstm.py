@@ -7,6 +7,12 @@
 
 Parameter layout: ``weight_ih`` = [Z; F] ([2N, D]), ``weight_hh`` = [w_z; w_f] ([2, N]),
 ``bias`` = [b_z; b_f] ([2, N]); the output gate is ``output_gate`` (Linear(D + N, N)).
+
+Initialisation (``init``): ``"default"`` draws ``weight_ih``, ``weight_hh`` and ``bias`` from
+U(±1/√N) (PyTorch's recurrent-layer convention); ``"official"`` draws them from N(0, 0.1²) as the
+official code of the paper does (its ``QuasiLSTMlayer.init_weights``). Either way the output gate
+keeps ``nn.Linear``'s own initialisation (as in the official code), and ``forget_bias`` is added
+to b_f (official code: ``bias_f + forget_bias``, default 0).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import ElementwiseCell, uniform_
+from .base import ElementwiseCell, check_init, uniform_
 
 
 class ELSTMCell(ElementwiseCell):
@@ -26,24 +32,39 @@ class ELSTMCell(ElementwiseCell):
     recurrent_parameter_names = ("weight_hh", "bias")
 
     def __init__(
-        self, input_size: int, hidden_size: int, output_gate: bool = True, forget_bias: float | None = None
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_gate: bool = True,
+        forget_bias: float | None = None,
+        init: str = "default",
     ) -> None:
-        """``forget_bias``: initial b_f (None: uniform like the other weights); a large b_f (e.g. 3,
-        f ≈ 0.95) starts the cell with long memory, which helps on long credit spans."""
+        """``forget_bias``: initial b_f (None: drawn like the other weights; with ``init="official"``
+        it is added to the drawn b_f); a large b_f (e.g. 3, f ≈ 0.95) starts the cell with long
+        memory, which helps on long credit spans. ``init``: ``"default"`` or ``"official"``."""
         super().__init__(input_size, hidden_size)
         self.forget_bias = forget_bias
+        self.init = check_init(init)
         self.weight_hh = nn.Parameter(torch.empty(2, hidden_size))
         self.bias = nn.Parameter(torch.empty(2, hidden_size))
         self.output_gate = nn.Linear(input_size + hidden_size, hidden_size) if output_gate else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in (self.weight_ih, self.weight_hh, self.bias):
-            uniform_(p, bound)
-        if self.forget_bias is not None:
+        """Draw the parameters with the cell's ``init`` scheme (see the module docstring)."""
+        if self.init == "official":
             with torch.no_grad():
-                self.bias[1].fill_(self.forget_bias)
+                for p in (self.weight_ih, self.weight_hh, self.bias):
+                    p.normal_(0.0, 0.1)
+                if self.forget_bias is not None:
+                    self.bias[1].add_(self.forget_bias)
+        else:
+            bound = 1.0 / math.sqrt(self.hidden_size)
+            for p in (self.weight_ih, self.weight_hh, self.bias):
+                uniform_(p, bound)
+            if self.forget_bias is not None:
+                with torch.no_grad():
+                    self.bias[1].fill_(self.forget_bias)
         if self.output_gate is not None:
             self.output_gate.reset_parameters()
 

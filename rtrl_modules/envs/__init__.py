@@ -4,9 +4,12 @@ Start with ``make_env(suite, task, num_envs, **options)``; see docs/envs.md.
 """
 
 from rtrl_modules.envs.factory import (
+    EVAL_PROTOCOLS,
     SUITES,
+    EvalSet,
     evaluate,
     evaluate_procgen,
+    evaluation_plan,
     make_base_env,
     make_env,
     make_eval_env,
@@ -14,10 +17,13 @@ from rtrl_modules.envs.factory import (
 from rtrl_modules.envs.memory import MEMORY_TASKS, DelayedCueEnv
 
 __all__ = [
+    "EVAL_PROTOCOLS",
     "MEMORY_TASKS",
     "SUITES",
     "DelayedCueEnv",
+    "EvalSet",
     "evaluate",
+    "evaluation_plan",
     "evaluate_procgen",
     "make_base_env",
     "make_env",

@@ -8,6 +8,8 @@ Bazel build). The adapter is tested against a fake module that mimics the API su
 ``"pixels"`` uint8 ``[B, 3, 72, 96]`` (``RGB_INTERLEAVED`` transposed to channel-first), IMPALA's
 9 discrete actions, each repeated 4 frames (``num_steps=4``; the rewards of the 4 frames are summed by
 the engine). An episode ends when ``is_running()`` turns false (IMPALA treats this as terminal).
+``frame_pool="max"`` returns the pixel-wise max of the last two of the repeated frames instead of
+the last one, as the official code of the paper does (its ``dmlab_wrappers.create_env_dmlab``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from torchrl.envs import EnvBase
 
 from rtrl_modules.envs._common import check_choice, done_spec, reset_mask
 
-__all__ = ["DMLAB30_LEVELS", "DMLabEnv", "IMPALA_ACTION_SET", "make_dmlab"]
+__all__ = ["DMLAB30_LEVELS", "DMLabEnv", "FRAME_POOLS", "IMPALA_ACTION_SET", "make_dmlab"]
+
+#: what an agent step observes of its repeated frames: the last one, or the max of the last two
+FRAME_POOLS: tuple[str, ...] = ("last", "max")
 
 #: DMLab-30 level names (under ``contributed/dmlab30/``); the paper uses the ``rooms_*`` memory ones.
 DMLAB30_LEVELS: tuple[str, ...] = (
@@ -110,6 +115,8 @@ class DMLabEnv(EnvBase):
         renderer: ``"software"`` or ``"hardware"``.
         dataset_path: ``datasetPath`` for levels that need the Brady/LT image sets (psychlab, ...).
         config: extra ``Lab`` config entries (values are passed as strings).
+        frame_pool: ``"last"`` (the last repeated frame) or ``"max"`` (pixel-wise max of the last
+            two; the official code's setting).
 
     Keys: ``"pixels"`` uint8 ``[B, 3, H, W]``, ``"action"`` int64 ``[B]`` (``Categorical(9)``),
     ``"reward"`` float32 ``[B, 1]``, ``"done"``/``"terminated"``/``"truncated"`` bool ``[B, 1]``.
@@ -127,9 +134,11 @@ class DMLabEnv(EnvBase):
         renderer: str = "software",
         dataset_path: str | None = None,
         config: dict[str, Any] | None = None,
+        frame_pool: str = "last",
     ) -> None:
         path = level_path(level)
         check_choice("DMLab renderer", renderer, ("software", "hardware"))
+        check_choice("DMLab frame_pool", frame_pool, FRAME_POOLS)
         if num_envs < 1 or action_repeat < 1:
             raise ValueError(f"num_envs and action_repeat must be >= 1, got {num_envs}, {action_repeat}")
         lab = _import_lab()
@@ -138,7 +147,7 @@ class DMLabEnv(EnvBase):
         if dataset_path is not None:
             cfg["datasetPath"] = dataset_path
         cfg.update({k: str(v) for k, v in (config or {}).items()})
-        self.level, self.action_repeat = path, action_repeat
+        self.level, self.action_repeat, self.frame_pool = path, action_repeat, frame_pool
         self._labs = [
             lab.Lab(path, ["RGB_INTERLEAVED"], config=cfg, renderer=renderer) for _ in range(num_envs)
         ]
@@ -157,6 +166,25 @@ class DMLabEnv(EnvBase):
     def _observe(self, i: int) -> None:
         frame = self._labs[i].observations()["RGB_INTERLEAVED"]  # [H, W, 3] uint8
         self._pixels[i] = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))
+
+    def _act(self, i: int, action: np.ndarray) -> float:
+        """Repeat ``action`` in env i; update its pixels unless the episode ended; return the reward."""
+        lab = self._labs[i]
+        if self.frame_pool == "last" or self.action_repeat == 1:
+            reward = lab.step(action, num_steps=self.action_repeat)
+            if lab.is_running():
+                self._observe(i)
+            return float(reward)
+        reward = lab.step(action, num_steps=self.action_repeat - 1)
+        if not lab.is_running():
+            return float(reward)
+        self._observe(i)
+        second_last = self._pixels[i].clone()
+        reward += lab.step(action, num_steps=1)
+        if lab.is_running():
+            self._observe(i)
+            torch.maximum(self._pixels[i], second_last, out=self._pixels[i])
+        return float(reward)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
         mask = reset_mask(tensordict, self.batch_size).numpy()
@@ -187,12 +215,9 @@ class DMLabEnv(EnvBase):
         reward = torch.zeros(n, 1)
         done = torch.zeros(n, 1, dtype=torch.bool)
         for i, a in enumerate(action.tolist()):
-            lab = self._labs[i]
-            reward[i] = float(lab.step(self._actions[a], num_steps=self.action_repeat))
-            if lab.is_running():
-                self._observe(i)
-            else:  # no frame after the end: keep the last one (terminal, never bootstrapped from)
-                done[i] = True
+            reward[i] = self._act(i, self._actions[a])
+            # no frame after the end: the last one stays (terminal, never bootstrapped from)
+            done[i] = not self._labs[i].is_running()
         self._needs_reset = done.squeeze(-1).numpy().copy()
         return TensorDict(
             {

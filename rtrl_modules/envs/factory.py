@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,8 +26,11 @@ from rtrl_modules.envs._common import check_choice, check_options
 from rtrl_modules.envs.memory import MEMORY_TASKS, DelayedCueEnv
 
 __all__ = [
+    "EVAL_PROTOCOLS",
     "SUITES",
+    "EvalSet",
     "evaluate",
+    "evaluation_plan",
     "evaluate_procgen",
     "make_base_env",
     "make_env",
@@ -34,6 +38,47 @@ __all__ = [
 ]
 
 SUITES = ("atari", "procgen", "dmlab", "popgym", "memory")
+
+#: final-evaluation protocols (see :func:`evaluation_plan`)
+EVAL_PROTOCOLS: tuple[str, ...] = ("default", "official")
+#: the official code's final evaluation (its ``full_test``): suite -> (runs, episodes per run);
+#: ProcGen's runs are its level sets (``PROCGEN_EVAL_SETS["official"]``), the others' are seeds
+OFFICIAL_EVALUATION: dict[str, tuple[int, int]] = {"procgen": (4, 200), "dmlab": (3, 100), "atari": (5, 30)}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One part of a final evaluation: ``episodes`` greedy episodes with the evaluation env options
+    ``options`` (ProcGen: ``{"level_set": name}``; repeated runs: ``{"run": k}``, a seed offset)."""
+
+    name: str
+    episodes: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluation_plan(suite: str, protocol: str = "default", num_episodes: int | None = None) -> list[EvalSet]:
+    """The final evaluation of ``suite`` under ``protocol``, as a list of :class:`EvalSet`.
+
+    ``"default"``: ``num_episodes`` episodes, on each ProcGen level set of
+    ``PROCGEN_EVAL_SETS["default"]`` (train = the 500 training levels), once elsewhere.
+    ``"official"``: the official code's protocol: ProcGen 200 episodes on each of 200 levels from
+    0 ("train_200"), 1000, 1200 and 1400; DMLab 3 runs (seeds) × 100 episodes; Atari 5 runs × 30;
+    other suites as ``"default"``. ``num_episodes``, if given, replaces the per-set count.
+    """
+    check_choice("evaluation protocol", protocol, EVAL_PROTOCOLS)
+    official = OFFICIAL_EVALUATION.get(suite) if protocol == "official" else None
+    if official is None and num_episodes is None:
+        raise ValueError(f"the {protocol!r} evaluation of suite {suite!r} needs num_episodes")
+    episodes = num_episodes if num_episodes is not None else official[1]
+    if episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {episodes}")
+    if suite == "procgen":
+        from rtrl_modules.envs.procgen import PROCGEN_EVAL_SETS
+
+        return [EvalSet(name, episodes, {"level_set": name}) for name in PROCGEN_EVAL_SETS[protocol]]
+    if official is not None:
+        return [EvalSet(f"run_{k}", episodes, {"run": k}) for k in range(official[0])]
+    return [EvalSet("", episodes)]
 
 
 def _memory(task: str, num_envs: int, **options: Any) -> DelayedCueEnv:
@@ -157,17 +202,20 @@ def evaluate_procgen(
     *,
     num_envs: int = 8,
     num_episodes: int = 16,
-    level_sets: Sequence[str] = ("train", "test_1000", "test_1200", "test_1400"),
+    level_sets: Sequence[str] | None = None,
     greedy: bool = True,
     env_transform: Callable[[TransformedEnv], TransformedEnv] | None = None,
     **options: Any,
 ) -> dict[str, float]:
     """Mean greedy return on each ProcGen level set plus ``"test_mean"`` (mean over the test sets).
 
-    ``env_transform`` may append transforms the policy needs (e.g. a recurrent primer).
+    ``level_sets``: default ``PROCGEN_EVAL_SETS["default"]``. ``env_transform`` may append
+    transforms the policy needs (e.g. a recurrent primer).
     """
+    from rtrl_modules.envs.procgen import PROCGEN_EVAL_SETS
+
     results: dict[str, float] = {}
-    for name in level_sets:
+    for name in level_sets or PROCGEN_EVAL_SETS["default"]:
         env = make_eval_env("procgen", game, num_envs, level_set=name, **options)
         if env_transform is not None:
             env = env_transform(env)

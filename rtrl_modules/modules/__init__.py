@@ -1,8 +1,18 @@
 """TorchRL modules: RTRL cores as drop-in ``LSTMModule`` replacements, baselines and the paper's agent."""
 
-from .agent import Agent, ConcatPrevReward, ImpalaStem, MLPStem, PreviousReward, load_stem, make_agent
+from .agent import (
+    Agent,
+    ConcatPrevReward,
+    ImpalaStem,
+    MLPStem,
+    PreviousReward,
+    freeze_stem_parts,
+    load_stem,
+    make_agent,
+)
 from .baselines import RECURRENT_KINDS, FeedForwardModule, make_recurrent_module
 from .carry import CarriedSensitivities
+from .official import convert_official_state_dict, load_official_checkpoint
 from .recurrent import (
     ELSTMModule,
     IndRNNModule,
@@ -20,6 +30,9 @@ __all__ = [
     "ImpalaStem",
     "MLPStem",
     "PreviousReward",
+    "convert_official_state_dict",
+    "freeze_stem_parts",
+    "load_official_checkpoint",
     "load_stem",
     "make_agent",
     "RECURRENT_KINDS",

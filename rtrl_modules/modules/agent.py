@@ -11,8 +11,9 @@ key                 shape                   meaning
 ==================  ======================  ==================================================
 ``"pixels"``        [*, C, H, W] uint8      image observation (scaled to [0, 1]); ``"observation"``
                                             [*, D] float for vector observations
-``"prev_reward"``   [*, 1] float            previous step's reward (0 at reset), from
-                                            :class:`PreviousReward`; clipped to [-1, 1]
+``"prev_reward"``   [*, 1] float            previous step's reward (0 at reset, or the last
+                                            episode's last reward), from :class:`PreviousReward`;
+                                            clipped to [-1, 1]
 ``"embed"``         [*, 257]                stem output (256) with the clipped previous reward
 ``"features"``      [*, N]                  core output (eLSTM: σ(O[x; c] + b) ⊙ c)
 ``"logits"``        [*, A]                  policy logits; ``"action"`` [*] int64 and
@@ -20,7 +21,10 @@ key                 shape                   meaning
 ``"state_value"``   [*, 1]                  value head
 ==================  ======================  ==================================================
 
-The previous action is not an input (the paper's D = 256 + 1).
+The previous action is not an input (the paper's D = 256 + 1). The official code's settings that
+differ from the defaults here are options of :func:`make_agent` (``init="official"``,
+``embed_size=None`` for ProcGen's FC of ``hidden_size`` units, ``feedforward_layer=False``,
+``conv_scale``, ``stem_parts="conv"``, ``freeze_stem="conv" | "fc"``); see docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -134,21 +138,63 @@ class ConcatPrevReward(nn.Module):
         return torch.cat((embed, prev_reward.to(embed.dtype).clamp(-self.clip, self.clip)), dim=-1)
 
 
+STEM_PARTS: tuple[str, ...] = ("all", "conv")
+FREEZE_CHOICES: tuple[bool | str, ...] = (False, True, "all", "conv", "fc")
+
+
+def stem_parts(stem: nn.Module, parts: str) -> nn.Module | None:
+    """The sub-module of ``stem`` named by ``parts``: ``"all"`` (the stem), ``"conv"`` (its
+    convolutions, ``stem.conv``) or ``"fc"`` (the FC layer after them, ``stem.fc``); None if absent."""
+    if parts == "all":
+        return stem
+    if parts not in ("conv", "fc"):
+        raise ValueError(f"unknown stem part {parts!r}; valid choices are all, conv, fc")
+    return getattr(stem, parts, None)
+
+
+def freeze_stem_parts(stem: nn.Module, which: bool | str = True) -> nn.Module:
+    """Freeze the stem's ``which`` part: True / ``"all"`` (conv and FC), ``"conv"``, ``"fc"``;
+    False freezes nothing. The official code's ``--freeze_conv`` / ``--freeze_fc`` are the last two."""
+    if which not in FREEZE_CHOICES:
+        raise ValueError(f"unknown freeze_stem {which!r}; valid choices are False, True, all, conv, fc")
+    if which is False:
+        return stem
+    part = stem_parts(stem, "all" if which is True else which)
+    if part is None:
+        raise ValueError(f"freeze_stem={which!r}: {type(stem).__name__} has no {which!r} part")
+    part.requires_grad_(False)
+    return stem
+
+
 def load_stem(
-    stem: nn.Module, checkpoint: str | Path | Mapping[str, Tensor], freeze: bool = True
+    stem: nn.Module,
+    checkpoint: str | Path | Mapping[str, Tensor],
+    freeze: bool | str = True,
+    parts: str = "all",
 ) -> nn.Module:
     """Load ``stem``'s weights from a checkpoint and optionally freeze them (paper's DMLab setting).
 
     ``checkpoint`` is a path to ``torch.save``d weights or a mapping: the stem's own ``state_dict``,
-    a dict holding it under ``"stem"``, or a larger state dict holding the stem's keys under one
-    prefix (e.g. ``agent.actor.state_dict()``).
+    a dict holding it under ``"stem"``, a larger state dict holding the stem's keys under one
+    prefix (e.g. ``agent.actor.state_dict()``), or an official-code checkpoint (its
+    ``"model_state_dict"``, converted by :func:`rtrl_modules.modules.official.convert_stem`).
+    ``parts``: ``"all"`` loads conv and FC, ``"conv"`` the convolutions only (official
+    ``--not_load_fc``). ``freeze``: see :func:`freeze_stem_parts`.
     """
+    if parts not in STEM_PARTS:
+        raise ValueError(f"unknown stem_parts {parts!r}; valid choices are {', '.join(STEM_PARTS)}")
     state = torch.load(checkpoint, map_location="cpu") if isinstance(checkpoint, (str, Path)) else checkpoint
     if not isinstance(state, Mapping):
         raise TypeError(f"stem checkpoint must hold a state dict, got {type(state).__name__}")
+    from .official import convert_stem, is_official_state_dict
+
+    if is_official_state_dict(state):
+        state = convert_stem(state.get("model_state_dict", state))
     if "stem" in state and isinstance(state["stem"], Mapping):
         state = state["stem"]
     own = set(stem.state_dict())
+    if parts == "conv":
+        own = {k for k in own if k.startswith("conv.")}
     if not own <= set(state):  # a larger checkpoint (e.g. the whole agent): find the stem's prefix
         probe = sorted(own)[0]
         for prefix in sorted({k[: -len(probe)] for k in state if k.endswith("." + probe)}, key=len):
@@ -161,10 +207,8 @@ def load_stem(
         raise KeyError(
             f"stem checkpoint lacks {missing[:4]}{'...' if len(missing) > 4 else ''}; has {list(state)[:6]}"
         )
-    stem.load_state_dict({k: state[k] for k in own})
-    if freeze:
-        stem.requires_grad_(False)
-    return stem
+    stem.load_state_dict({k: state[k] for k in own}, strict=parts == "all")
+    return freeze_stem_parts(stem, freeze)
 
 
 # ---------------------------------------------------------------------------------------------- agent
@@ -179,6 +223,8 @@ class Agent:
     core: TensorDictModuleBase
     stem: nn.Module
     network: TensorDictSequential
+    policy_head: nn.Module | None = None  # Linear(features, A)
+    value_head: nn.Module | None = None  # Linear(features, 1)
 
 
 def make_agent(
@@ -187,15 +233,19 @@ def make_agent(
     *,
     core: str = "rtrl",
     hidden_size: int = 256,
-    embed_size: int = 256,
+    embed_size: int | None = 256,
     observation_key: NestedKey | None = None,
     prev_reward_key: NestedKey | None = "prev_reward",
     reward_clip: float = 1.0,
     channels: Sequence[int] = (16, 32, 32),
+    conv_scale: int = 1,
     channels_last: bool = False,
     output_gate: bool = True,
+    init: str = "default",
+    feedforward_layer: bool = True,
     stem_checkpoint: str | Path | Mapping[str, Tensor] | None = None,
-    freeze_stem: bool = False,
+    stem_parts: str = "all",
+    freeze_stem: bool | str = False,
     **core_kwargs,
 ) -> Agent:
     """Build the paper's actor-critic for pixel ((C, H, W)) or vector ((D,)) observations.
@@ -206,19 +256,33 @@ def make_agent(
         num_actions: size of the discrete action set.
         core: one of ``RECURRENT_KINDS`` (``"rtrl"``, ``"rtrl_stepwise"``, ``"tbptt"``, ``"lstm"``,
             ``"feedforward"``).
-        hidden_size: recurrent size N. embed_size: stem output (256); D = embed_size + 1.
+        hidden_size: recurrent size N. embed_size: stem output (256); D = embed_size + 1. None: the
+            FC has ``hidden_size`` units (the official ProcGen network; D = N + 1).
         observation_key: default ``"pixels"`` for images, ``"observation"`` for vectors.
         prev_reward_key: key of the previous reward (see :class:`PreviousReward`); None drops it
             (D = embed_size).
-        stem_checkpoint: weights to load into the stem; ``freeze_stem`` freezes conv and FC.
+        channels, conv_scale: the stem's channels per section, each multiplied by ``conv_scale``
+            (the official ``--conv_scale``).
+        init: the eLSTM's initialisation, ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²)).
+        feedforward_layer: for ``core="feedforward"``: True adds Linear(D, N) + ReLU before the heads;
+            False is the official baseline, heads directly on the D-dim [stem; prev reward].
+        stem_checkpoint: weights to load into the stem (ours or an official checkpoint);
+            ``stem_parts="conv"`` loads the convolutions only; ``freeze_stem``: False, True / "all"
+            (conv and FC), "conv" or "fc" (see :func:`freeze_stem_parts`).
         core_kwargs: passed to :func:`make_recurrent_module` (e.g. ``slot_key``).
     """
     if core not in RECURRENT_KINDS:
         raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
     if num_actions < 1:
         raise ValueError(f"num_actions must be positive, got {num_actions}")
+    if conv_scale < 1:
+        raise ValueError(f"conv_scale must be >= 1, got {conv_scale}")
+    if freeze_stem not in FREEZE_CHOICES:
+        raise ValueError(f"unknown freeze_stem {freeze_stem!r}; valid choices are False, True, all, conv, fc")
+    embed_size = hidden_size if embed_size is None else embed_size
     shape = tuple(int(s) for s in observation_shape)
     if len(shape) == 3:
+        channels = tuple(c * conv_scale for c in channels)
         stem: nn.Module = ImpalaStem(shape, channels, embed_size, channels_last=channels_last)
         observation_key = "pixels" if observation_key is None else observation_key
     elif len(shape) == 1:
@@ -227,10 +291,10 @@ def make_agent(
     else:
         raise ValueError(f"observation_shape must be (C, H, W), (H, W, C) or (D,), got {shape}")
     if stem_checkpoint is not None:
-        load_stem(stem, stem_checkpoint, freeze=freeze_stem)
+        load_stem(stem, stem_checkpoint, freeze=freeze_stem, parts=stem_parts)
     elif freeze_stem:
         raise ValueError(
-            "freeze_stem=True needs stem_checkpoint (freezing random weights is almost surely a mistake)"
+            "freeze_stem needs stem_checkpoint (freezing random weights is almost surely a mistake)"
         )
 
     modules = [TensorDictModule(stem, in_keys=[observation_key], out_keys=["embed_obs"])]
@@ -251,13 +315,15 @@ def make_agent(
         in_key="embed",
         out_key="features",
         output_gate=output_gate,
+        init=init,
+        feedforward_layer=feedforward_layer,
         **core_kwargs,
     )
     trunk = TensorDictSequential(*modules, recurrent)
-    policy_head = TensorDictModule(
-        nn.Linear(hidden_size, num_actions), in_keys=["features"], out_keys=["logits"]
-    )
-    value_head = TensorDictModule(nn.Linear(hidden_size, 1), in_keys=["features"], out_keys=["state_value"])
+    features = getattr(recurrent, "output_size", hidden_size)
+    policy, value = nn.Linear(features, num_actions), nn.Linear(features, 1)
+    policy_head = TensorDictModule(policy, in_keys=["features"], out_keys=["logits"])
+    value_head = TensorDictModule(value, in_keys=["features"], out_keys=["state_value"])
 
     from torchrl.modules import ProbabilisticActor
 
@@ -270,7 +336,16 @@ def make_agent(
     )
     critic = TensorDictSequential(trunk, value_head)
     network = TensorDictSequential(trunk, policy_head, value_head)
-    return Agent(actor=actor, critic=critic, trunk=trunk, core=recurrent, stem=stem, network=network)
+    return Agent(
+        actor=actor,
+        critic=critic,
+        trunk=trunk,
+        core=recurrent,
+        stem=stem,
+        network=network,
+        policy_head=policy,
+        value_head=value,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- env side
@@ -280,23 +355,50 @@ def _previous_reward_base():
     return TensorDictPrimer
 
 
+PREV_REWARD_AT_RESET: tuple[str, ...] = ("zero", "last")
+
+
 class PreviousReward(_previous_reward_base()):
-    """Env transform writing the last reward as an observation: ``"prev_reward"`` [*B, 1] (0 at reset).
+    """Env transform writing the last reward as an observation: ``"prev_reward"`` [*B, 1].
 
     A ``TensorDictPrimer`` (so reset, specs and partial resets behave like a recurrent state) whose
     step copies ``("next", "reward")`` into ``("next", "prev_reward")``; the collector's step_mdp then
     brings it to the root, where the agent reads it. Clipping happens in the agent.
+
+    ``at_reset``: what an episode's first step reads. ``"zero"`` (default); ``"last"``: the reward
+    of the previous episode's last step, as the official code's actors pass it. The transform keeps
+    the last reward of each env for this (a partial reset does not show it the finished step); a full
+    ``env.reset()`` (no ``"_reset"`` mask) starts from 0, like the official ``initial()``.
     """
 
-    def __init__(self, in_key: NestedKey = "reward", out_key: NestedKey = "prev_reward") -> None:
+    def __init__(
+        self, in_key: NestedKey = "reward", out_key: NestedKey = "prev_reward", at_reset: str = "zero"
+    ) -> None:
         from torchrl.data import Unbounded
 
+        if at_reset not in PREV_REWARD_AT_RESET:
+            raise ValueError(
+                f"unknown at_reset {at_reset!r}; valid choices are {', '.join(PREV_REWARD_AT_RESET)}"
+            )
         super().__init__({out_key: Unbounded(shape=(1,))}, expand_specs=True)
-        self.reward_key, self.prev_reward_key = in_key, out_key
+        self.reward_key, self.prev_reward_key, self.at_reset = in_key, out_key, at_reset
+        self._last_reward: Tensor | None = None  # [*B, 1], "last" mode only
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        tensordict_reset = super()._reset(tensordict, tensordict_reset)
+        if self.at_reset != "last":
+            return tensordict_reset
+        partial = tensordict is not None and tensordict.get("_reset", None) is not None
+        if partial and self._last_reward is not None:
+            # continuing envs are not updated by a partial reset; the reset ones get their last reward
+            tensordict_reset.set(self.prev_reward_key, self._last_reward.clone())
+        else:
+            self._last_reward = None
+        return tensordict_reset
 
     def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
         next_tensordict = super()._step(tensordict, next_tensordict)
-        reward = next_tensordict.get(self.reward_key)
-        return next_tensordict.set(
-            self.prev_reward_key, reward.reshape(*next_tensordict.shape, 1).to(torch.float32)
-        )
+        reward = next_tensordict.get(self.reward_key).reshape(*next_tensordict.shape, 1).to(torch.float32)
+        if self.at_reset == "last":
+            self._last_reward = reward.detach().clone()
+        return next_tensordict.set(self.prev_reward_key, reward)

@@ -13,7 +13,8 @@ core                 module                                                     
 ===================  ==============================================================  =====================
 
 The eLSTM choices are the core's gradient modes (:data:`rtrl_modules.GRADIENT_MODES`), passed on as
-``gradient=``. Every core reads ``in_key`` [*, input_size] and writes ``out_key`` [*, hidden_size].
+``gradient=``. Every core reads ``in_key`` [*, input_size] and writes ``out_key`` [*, output_size]
+(``hidden_size``, except the layer-less feed-forward baseline: ``input_size``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import nn
 
+from ..cells.base import check_init
 from ..core.functional import GRADIENT_MODES
 from .recurrent import ELSTMModule
 
@@ -32,12 +34,20 @@ RECURRENT_KINDS: tuple[str, ...] = (*GRADIENT_MODES, "lstm", "feedforward")
 
 
 class FeedForwardModule(TensorDictModuleBase):
-    """Feed-forward baseline core: ``out = ReLU(W x + b)`` [*, hidden_size]; no state, no primer."""
+    """Feed-forward baseline core: ``out = ReLU(W x + b)`` [*, hidden_size]; no state, no primer.
 
-    def __init__(self, input_size: int, hidden_size: int, *, in_key: NestedKey, out_key: NestedKey) -> None:
+    ``layer=False`` is the official code's feed-forward baseline: no layer, ``out = x``
+    [*, input_size] (its heads sit directly on the stem output and the previous reward).
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, *, in_key: NestedKey, out_key: NestedKey, layer: bool = True
+    ) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.net = nn.Sequential(nn.Linear(input_size, hidden_size), nn.ReLU())
+        self.output_size = hidden_size if layer else input_size
+        layers = [nn.Linear(input_size, hidden_size), nn.ReLU()] if layer else [nn.Identity()]
+        self.net = nn.Sequential(*layers)
         self.in_keys, self.out_keys = [in_key], [out_key]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -54,20 +64,27 @@ def make_recurrent_module(
     in_key: NestedKey = "embed",
     out_key: NestedKey = "features",
     output_gate: bool = True,
+    init: str = "default",
+    feedforward_layer: bool = True,
     **kwargs,
 ) -> TensorDictModuleBase:
     """Build the recurrent core ``core`` (one of :data:`RECURRENT_KINDS`), as ``make_agent(core=...)``.
 
-    Extra ``kwargs`` go to the module (e.g. ``slot_key`` for the eLSTM cores).
+    ``init``: the eLSTM's initialisation, ``"default"`` or ``"official"`` (N(0, 0.1²); see
+    :class:`~rtrl_modules.cells.ELSTMCell`); the baselines keep PyTorch's. ``feedforward_layer=False``
+    gives the official feed-forward baseline (no layer; see :class:`FeedForwardModule`). Extra
+    ``kwargs`` go to the module (e.g. ``slot_key`` for the eLSTM cores).
     """
     if core not in RECURRENT_KINDS:
         raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
+    check_init(init)
     if core in GRADIENT_MODES:
         return ELSTMModule(
             input_size,
             hidden_size,
             output_gate=output_gate,
             gradient=core,
+            init=init,
             in_key=in_key,
             out_key=out_key,
             **kwargs,
@@ -78,4 +95,6 @@ def make_recurrent_module(
         return LSTMModule(
             input_size=input_size, hidden_size=hidden_size, in_key=in_key, out_key=out_key, **kwargs
         )
-    return FeedForwardModule(input_size, hidden_size, in_key=in_key, out_key=out_key, **kwargs)
+    return FeedForwardModule(
+        input_size, hidden_size, in_key=in_key, out_key=out_key, layer=feedforward_layer, **kwargs
+    )

@@ -721,9 +721,10 @@ def segment_start_counts(module: torch.nn.Module) -> dict[str, int]:
 class ELSTMModule(RTRLModule):
     """eLSTM (Irie et al., 2024) as a TorchRL module; ``out`` = σ(O[x; c] + b) ⊙ c [*, hidden_size].
 
-    ``forget_bias`` sets the initial b_f (see :class:`~rtrl_modules.cells.ELSTMCell`); ``device`` /
-    ``dtype`` build the parameters there; other keyword arguments go to :class:`RTRLModule` (keys,
-    ``slot_key``, ``default_recurrent_mode``, LSTMModule's keywords, ...).
+    ``forget_bias`` sets the initial b_f and ``init`` the initialisation (``"default"`` or
+    ``"official"``; see :class:`~rtrl_modules.cells.ELSTMCell`); ``device`` / ``dtype`` build the
+    parameters there; other keyword arguments go to :class:`RTRLModule` (keys, ``slot_key``,
+    ``default_recurrent_mode``, LSTMModule's keywords, ...).
     """
 
     def __init__(
@@ -734,13 +735,19 @@ class ELSTMModule(RTRLModule):
         gradient: str = "rtrl",
         forget_bias: float | None = None,
         *,
+        init: str = "default",
         device: torch.device | str | int | None = None,
         dtype: torch.dtype | None = None,
         **kwargs,
     ) -> None:
         core = _build_core(
             lambda: ELSTM(
-                input_size, hidden_size, output_gate=output_gate, gradient=gradient, forget_bias=forget_bias
+                input_size,
+                hidden_size,
+                output_gate=output_gate,
+                gradient=gradient,
+                forget_bias=forget_bias,
+                init=init,
             ),
             device,
             dtype,

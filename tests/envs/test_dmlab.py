@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torchrl.collectors import Collector
@@ -48,3 +49,25 @@ def test_missing_module_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "deepmind_lab", None)
     with pytest.raises(ImportError, match="bazel build"):
         make_env("dmlab", "rooms_watermaze")
+
+
+@pytest.mark.parametrize("frame_pool", ["last", "max"])
+def test_frame_pool_max_of_the_last_two_repeated_frames(fake_lab, monkeypatch, frame_pool):
+    """Official setting: the max over the last two of the 4 repeated frames. The fake shows a bright
+    frame (200) at every third frame of a repeat, so only pooling sees it."""
+
+    def observations(lab):
+        value = 200 if lab.frame % 4 == 3 else lab.frame
+        return {"RGB_INTERLEAVED": np.full((lab.height, lab.width, 3), value, dtype=np.uint8)}
+
+    monkeypatch.setattr(fake_lab, "observations", observations)
+    env = make_env("dmlab", "rooms_watermaze", num_envs=1, frame_pool=frame_pool)
+    td = env.rollout(12, RandomPolicy(env.action_spec), break_when_any_done=False)
+    pixels = td["next", "pixels"][0, :, 0, 0, 0]  # one value per step
+    assert pixels[:3].tolist() == ([200] * 3 if frame_pool == "max" else [4, 8, 12])
+    assert (td["next", "reward"] == 4).all()  # the 4 frames' rewards, either way
+    steps = [n for _, n in fake_lab.instances[0].actions]
+    assert steps[:2] == ([3, 1] if frame_pool == "max" else [4, 4])
+    assert td["next", "done"].squeeze(-1)[0, 9]  # still 10 steps per 40-frame episode
+    with pytest.raises(ValueError, match="valid choices: 'last', 'max'"):
+        make_env("dmlab", "rooms_watermaze", frame_pool="mean")

@@ -139,3 +139,22 @@ def test_procgen_missing_qt_gives_clear_error(monkeypatch):
     )
     with pytest.raises(ImportError, match="apt-get install -y libqt5gui5"):
         make_env("procgen", "maze", 1)
+
+
+def test_procgen_multi_task_games_side_by_side():
+    """Official --multi_env: one agent trained on several games at once (here 3 of the 6 memory games)."""
+    from rtrl_modules.envs.procgen import PROCGEN_MEMORY_GAMES
+
+    games = "+".join(PROCGEN_MEMORY_GAMES[:3])
+    env = make_env("procgen", games, num_envs=6, distribution_mode="memory", level_set="train")
+    check_env_specs(env)
+    td = env.rollout(60, RandomPolicy(env.action_spec), break_when_any_done=False)
+    assert td["pixels"].shape == (6, 60, 3, 64, 64) and env.action_spec.space.n == 15
+    assert td["game"][:, 0].tolist() == [0, 0, 1, 1, 2, 2]
+    assert ((td["level_seed"] >= 0) & (td["level_seed"] < 500)).all()
+    # each block shows its own game: the blocks' first frames differ from each other
+    first = td["pixels"][:, 0].float()
+    assert not torch.equal(first[0], first[2]) and not torch.equal(first[2], first[4])
+    env.close()
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        make_env("procgen", games, num_envs=4, distribution_mode="memory")

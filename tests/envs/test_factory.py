@@ -62,3 +62,26 @@ def test_eval_env_atari_full_games():
     env = make_eval_env("atari", "Pong", 1)
     assert env.base_env.episodic_life is False
     assert make_env("atari", "Pong", 1).base_env.episodic_life is True
+
+
+def test_evaluation_protocol_episode_counts():
+    from rtrl_modules.envs import evaluation_plan
+    from rtrl_modules.envs.procgen import PROCGEN_LEVEL_SETS
+
+    official = evaluation_plan("procgen", "official")  # full_test: 200 levels from 0, 1000, 1200, 1400
+    assert [(p.name, p.episodes) for p in official] == [
+        ("train_200", 200), ("test_1000", 200), ("test_1200", 200), ("test_1400", 200)
+    ]  # fmt: skip
+    assert [PROCGEN_LEVEL_SETS[p.options["level_set"]] for p in official] == [
+        (0, 200), (1000, 200), (1200, 200), (1400, 200)
+    ]  # fmt: skip
+    assert [(p.episodes, p.options) for p in evaluation_plan("dmlab", "official")] == [
+        (100, {"run": 0}), (100, {"run": 1}), (100, {"run": 2})
+    ]  # fmt: skip
+    assert sum(p.episodes for p in evaluation_plan("atari", "official")) == 5 * 30
+    assert evaluation_plan("procgen", "default", 16)[0].options == {"level_set": "train"}  # 500 levels
+    assert [(p.name, p.episodes) for p in evaluation_plan("memory", "official", 7)] == [("", 7)]
+    with pytest.raises(ValueError, match="needs num_episodes"):
+        evaluation_plan("dmlab")
+    with pytest.raises(ValueError, match="valid choices: 'default', 'official'"):
+        evaluation_plan("dmlab", "paper", 3)

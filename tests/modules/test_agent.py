@@ -101,3 +101,69 @@ def test_agent_collects_on_gym_and_trains_with_a2c():
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     assert agent.core.core.cell.weight_ih.grad.abs().sum() > 0
     assert agent.core.carried.has_end.all()
+
+
+def test_official_procgen_and_feedforward_shapes():
+    # official ProcGen RTRL net: FC of hidden_size units, D = N + 1
+    agent = make_agent((3, 64, 64), 15, hidden_size=48, embed_size=None, init="official")
+    assert agent.stem.fc[0].out_features == 48 and agent.core.input_size == 49
+    td = agent.actor(pixels_td((3, 64, 64)))
+    assert td["embed"].shape == (2, 49) and td["features"].shape == (2, 48)
+    # official feed-forward Net: heads directly on [FC 256; prev reward], no layer
+    agent = make_agent((3, 64, 64), 15, hidden_size=48, core="feedforward", feedforward_layer=False)
+    td = agent.actor(pixels_td((3, 64, 64)))
+    assert td["features"].shape == (2, 257) and torch.equal(td["features"], td["embed"])
+    assert agent.policy_head.in_features == 257 and agent.value_head.in_features == 257
+    assert not list(agent.core.parameters())
+    # conv_scale widens every section (official --conv_scale)
+    stem = make_agent((3, 64, 64), 15, hidden_size=8, conv_scale=2).stem
+    assert [m.out_channels for m in stem.conv if isinstance(m, torch.nn.Conv2d)] == [32, 64, 64]
+
+
+@pytest.mark.parametrize("freeze, frozen", [("conv", {"conv"}), ("fc", {"fc"}), ("all", {"conv", "fc"}),
+                                            (True, {"conv", "fc"}), (False, set())])  # fmt: skip
+def test_stem_freezing_conv_and_fc_separately(freeze, frozen):
+    source = make_agent((3, 16, 16), 4, hidden_size=8).stem.state_dict()
+    agent = make_agent((3, 16, 16), 4, hidden_size=8, stem_checkpoint=source, freeze_stem=freeze)
+    for part in ("conv", "fc"):
+        assert all(p.requires_grad != (part in frozen) for p in getattr(agent.stem, part).parameters()), part
+    with pytest.raises(ValueError, match="valid choices are False, True, all, conv, fc"):
+        make_agent((3, 16, 16), 4, stem_checkpoint=source, freeze_stem="resnet")
+
+
+def test_conv_only_stem_loading_keeps_the_fc():
+    source = make_agent((3, 16, 16), 4, hidden_size=8).stem
+    agent = make_agent((3, 16, 16), 4, hidden_size=8)
+    fc_before = agent.stem.fc[0].weight.clone()
+    load_stem(agent.stem, source.state_dict(), freeze=False, parts="conv")
+    assert torch.equal(agent.stem.conv[0].weight, source.conv[0].weight)
+    assert torch.equal(agent.stem.fc[0].weight, fc_before)
+    # a checkpoint without the FC (a different width) loads with parts="conv" only
+    conv_only = {k: v for k, v in source.state_dict().items() if k.startswith("conv.")}
+    load_stem(agent.stem, conv_only, freeze=False, parts="conv")
+    with pytest.raises(KeyError, match="lacks"):
+        load_stem(agent.stem, conv_only, freeze=False)
+
+
+@pytest.mark.parametrize("at_reset", ["zero", "last"])
+def test_previous_reward_at_an_episodes_first_step(at_reset):
+    """Official actors pass the previous episode's last reward at a reset; ours pass 0 by default."""
+    from torchrl.envs.utils import RandomPolicy
+
+    from rtrl_modules.envs import make_env
+
+    env = make_env("memory", "delayed_cue", num_envs=3, delay=2)  # reward ±1 at each 4th step only
+    env.append_transform(PreviousReward(at_reset=at_reset))
+    collector = Collector(env, RandomPolicy(env.action_spec), frames_per_batch=36, total_frames=72)
+    batches = list(collector)
+    collector.shutdown()
+    td = torch.cat(batches, dim=1)  # [3, 24]: the second batch continues the first
+    reward, prev, is_init = td["next", "reward"], td["prev_reward"], td["is_init"]
+    assert torch.equal(prev[:, 1:][~is_init[:, 1:]], reward[:, :-1][~is_init[:, 1:]])  # within episodes
+    at_starts = prev[:, 1:][is_init[:, 1:]]
+    expected = reward[:, :-1][is_init[:, 1:]] if at_reset == "last" else torch.zeros_like(at_starts)
+    assert torch.equal(at_starts, expected)
+    assert at_starts.numel() >= 9 and (at_starts.abs() == (1 if at_reset == "last" else 0)).all()
+    assert (prev[:, 0] == 0).all()  # the very first reset: 0 either way
+    with pytest.raises(ValueError, match="valid choices are zero, last"):
+        PreviousReward(at_reset="previous")

@@ -1,4 +1,5 @@
-"""Copy-task recipe: data generator, CLI configs, bad configs, and an RTRL learning check at T = 10."""
+"""Copy-task recipe: data generator, CLI configs, bad configs, both metrics (ours, official), the
+official settings (fixed data sets, best checkpoint), and an RTRL learning check at T = 10."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import torch
 from recipes.cli import main
 from recipes.copy_task import (
     DELIMITER,
+    NO_OUTPUT,
+    OFFICIAL_IGNORED,
+    OFFICIAL_SIZES,
     SUMMARY_PREFIX,
     CopyTaskData,
     CopyTaskModule,
     CopyTaskStream,
+    copies_nothing,
     make_copy_batch,
+    score_means,
+    score_sums,
 )
 
 CONFIGS = sorted(glob.glob(str(Path(__file__).parents[2] / "configs" / "copy_task" / "*.yaml")))
@@ -185,11 +192,185 @@ def test_bad_configs_fail_with_a_clear_error(override, message, capsys):
         ({"mode": "RTRL"}, "valid choices are"),
         ({"mode": "rtrl", "lr_milestones": [500, 100]}, "lr_milestones"),
         ({"mode": "rtrl", "lr_gamma": 0.0}, "lr_gamma"),
+        ({"output": "four_way"}, "unknown copy-task output 'four_way'; valid choices are bits, three_way"),
+        ({"loss": "mine"}, "unknown copy-task loss 'mine'; valid choices are ours, official"),
+        ({"metric": "paper"}, "unknown copy-task metric 'paper'; valid choices are ours, official"),
+        ({"init": "xavier"}, "unknown init 'xavier'; valid choices are default, official"),
+        ({"betas": (0.9, 1.5)}, "betas"),
     ],
 )
 def test_bad_module_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CopyTaskModule(**kwargs)
+
+
+# ------------------------------------------------------------------------------- official scoring
+def test_official_targets_follow_the_released_layout():
+    """Released target line: t × "2", the pattern, T − t × "2" (T + t tokens), padded to 2T with the pad
+    index; its vocabulary maps "2" → 0, "0" → 1, "1" → 2 = the ignored pad index."""
+    max_length = 6
+    batch = make_copy_batch(300, max_length, torch.Generator().manual_seed(2))
+    for b in range(300):
+        t, official = int(batch["lengths"][b]), batch["official_targets"][b]
+        pattern = batch["tokens"][b, :t]
+        assert (official[:t] == NO_OUTPUT).all()
+        assert torch.equal(official[t : 2 * t], pattern + 1)  # "0" → 1, "1" → 2 (= OFFICIAL_IGNORED)
+        assert (official[2 * t : max_length + t] == NO_OUTPUT).all()
+        assert (official[max_length + t :] == OFFICIAL_IGNORED).all()
+
+
+def _logits(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(classes, num_classes).float() * 10
+
+
+@pytest.mark.parametrize("max_length", [10, 50])
+def test_a_model_that_copies_nothing_scores_100_percent_officially(max_length):
+    batch = make_copy_batch(999, max_length, torch.Generator().manual_seed(3))
+    mask = batch["mask"]
+    # Three-way readout: "no output" outside the copy-out window, always bit "0" (class 1) in it.
+    assert torch.equal(copies_nothing(batch, "three_way").argmax(-1), torch.where(mask, 1, NO_OUTPUT))
+    scores = score_means(score_sums(copies_nothing(batch, "three_way"), batch, "three_way"))
+    assert scores["official_seq_acc"] == 1.0 and scores["official_step_acc"] == 1.0
+    assert 0.45 < scores["bit_acc"] < 0.55  # ours: the "1" bits are wrong
+    assert scores["seq_acc"] < 0.2  # ours: only all-"0" patterns are right (≈ 1/T of them)
+    # Two-way readout, always "0": the official rule in the copy-out window scores it 100% too.
+    scores = score_means(score_sums(copies_nothing(batch, "bits"), batch, "bits"))
+    assert scores["official_seq_acc"] == 1.0 and 0.45 < scores["bit_acc"] < 0.55
+    assert scores["seq_acc"] < 0.2
+
+
+@pytest.mark.parametrize("output", ["bits", "three_way"])
+def test_a_perfect_model_scores_100_percent_by_both_metrics(output):
+    batch = make_copy_batch(200, 8, torch.Generator().manual_seed(4))
+    if output == "three_way":
+        perfect = _logits(torch.where(batch["mask"], batch["targets"] + 1, NO_OUTPUT), 3)
+    else:
+        perfect = _logits(batch["targets"], 2)
+    scores = score_means(score_sums(perfect, batch, output))
+    assert scores["seq_acc"] == scores["bit_acc"] == 1.0
+    assert scores["official_seq_acc"] == scores["official_step_acc"] == 1.0
+
+
+def test_the_official_loss_ignores_the_one_bits():
+    batch = make_copy_batch(64, 6, torch.Generator().manual_seed(5))
+    logits = torch.randn(64, 12, 3)
+    ones = batch["mask"] & (batch["targets"] == 1)
+    changed = logits.clone()
+    changed[ones] = torch.tensor([5.0, 5.0, -5.0])  # confidently wrong on every "1" bit
+    before, after = (score_means(score_sums(x, batch, "three_way")) for x in (logits, changed))
+    assert after["official_loss"] == pytest.approx(before["official_loss"])
+    assert after["loss"] > before["loss"]
+
+
+# ------------------------------------------------------------------------------ official settings
+def test_fixed_data_sets_have_the_official_sizes_and_are_deterministic():
+    data, again = (CopyTaskData(max_length=5, batch_size=128, seed=0, **OFFICIAL_SIZES) for _ in range(2))
+    assert OFFICIAL_SIZES == {"train_size": 9_999, "val_size": 999, "test_size": 999}
+    epoch = [b for _, b in zip(range(79), data.train_dataloader())]  # one pass: ⌈9,999 / 128⌉ batches
+    assert [len(b["lengths"]) for b in epoch] == [128] * 78 + [15]
+    passes = [epoch, [b for _, b in zip(range(79), again.train_dataloader())]]
+    assert all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(*passes))
+    sets = {}
+    for name in ("train", "val", "test"):
+        if name == "train":
+            rows = torch.cat([b["tokens"] for b in epoch])
+        else:
+            rows = torch.cat([b["tokens"] for b in getattr(data, f"{name}_dataloader")()])
+            repeat = torch.cat([b["tokens"] for b in getattr(again, f"{name}_dataloader")()])
+            assert torch.equal(rows, repeat), name
+        assert len(rows) == OFFICIAL_SIZES[f"{name}_size"], name
+        sets[name] = rows
+    second_pass = torch.cat([b["tokens"] for _, b in zip(range(79), _skip(data.train_dataloader(), 79))])
+    assert not torch.equal(second_pass, sets["train"])  # reshuffled ...
+    key = lambda rows: sorted(map(tuple, rows.tolist()))  # noqa: E731
+    assert key(second_pass) == key(sets["train"])  # ... the same 9,999 sequences
+    assert not torch.equal(sets["val"][:50], sets["test"][:50])
+    with pytest.raises(ValueError, match="no test set; set data.test_size"):
+        CopyTaskData().test_dataloader()
+
+
+def _skip(iterable, n: int):
+    iterator = iter(iterable)
+    for _ in range(n):
+        next(iterator)
+    return iterator
+
+
+OFFICIAL = str(Path(__file__).parents[2] / "configs" / "copy_task" / "official.yaml")
+
+
+def test_official_config_has_the_official_settings():
+    cli = main(args=["--config", OFFICIAL], run=False)
+    model, data = cli.model, cli.datamodule
+    hp = model.hparams
+    assert (hp.mode, hp.hidden_size, hp.lr, tuple(hp.betas), hp.eps, hp.grad_clip) == (
+        "rtrl_stepwise", 2048, 3e-5, (0.9, 0.995), 1e-9, 1.0
+    )  # fmt: skip
+    assert (hp.init, hp.forget_bias, hp.output, hp.loss, hp.metric, hp.keep_best) == (
+        "official", None, "three_way", "official", "official", True
+    )  # fmt: skip
+    assert model.head.out_features == 3 and model.monitor == "val/official_seq_acc"
+    assert (data.max_length, data.batch_size, data.train_size, data.val_size, data.test_size) == (
+        50, 128, 9_999, 999, 999
+    )  # fmt: skip
+
+
+def test_official_config_trains_a_few_steps_and_tests_the_best_checkpoint(tmp_path, capsys):
+    """The official config through the CLI (N = 64, T = 5 to stay fast; full data-set sizes)."""
+    logger = f"[{{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {tmp_path}}}}}]"
+    main(
+        args=[
+            "fit", "--config", OFFICIAL, "--trainer.max_steps=20", "--trainer.val_check_interval=1",
+            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger={logger}",
+            "--model.init_args.hidden_size=64", "--data.init_args.max_length=5",
+        ]
+    )  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["updates"] >= 6 and summary["output"] == "three_way" and summary["loss"] == "official"
+    test = summary["test"]
+    assert test["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
+    assert {"seq_acc", "bit_acc", "official_seq_acc", "official_step_acc"} <= set(test)
+    metrics = (run / "metrics.csv").read_text()
+    assert (
+        "val/official_seq_acc" in metrics and "val/seq_acc" in metrics and "test/official_seq_acc" in metrics
+    )
+    assert SUMMARY_PREFIX in capsys.readouterr().out
+
+
+def test_the_best_checkpoint_is_the_one_with_the_best_validation_score(tmp_path):
+    import csv
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    pl.seed_everything(0)
+    model = CopyTaskModule(mode="bptt", hidden_size=16, lr=3e-2, keep_best=True, stop_at_accuracy=None)
+    data = CopyTaskData(max_length=3, batch_size=32, val_size=300, test_size=100)
+    trainer = pl.Trainer(
+        max_steps=40, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        logger=CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    with open(Path(trainer.log_dir) / "metrics.csv") as f:
+        vals = [(float(r["val/seq_acc"]), int(float(r["progress/val_updates"]))) for r in csv.DictReader(f)
+                if r.get("val/seq_acc")]  # fmt: skip
+    assert len({acc for acc, _ in vals}) > 2  # the score moved: the choice matters
+    best_acc = max(acc for acc, _ in vals)
+    best_update = next(update for acc, update in vals if acc == best_acc)  # first one, as Lightning's
+    summary = model.summary()
+    assert summary["best_val_update"] == best_update and summary["best_val_seq_acc"] == pytest.approx(
+        best_acc
+    )
+    best_path = Path(summary["test"]["checkpoint"])
+    assert best_path.name == "best.ckpt" and summary["test"]["update"] == best_update
+    checkpoint = torch.load(best_path, weights_only=True)
+    assert checkpoint["global_step"] == best_update
+    best = CopyTaskModule(mode="bptt", hidden_size=16)
+    best.load_state_dict(checkpoint["state_dict"])
+    assert best.score(data.val_dataloader())["seq_acc"] == pytest.approx(best_acc)
+    assert best.score(data.test_dataloader())["seq_acc"] == pytest.approx(summary["test"]["seq_acc"])
 
 
 # ------------------------------------------------------------------------------------------- learning

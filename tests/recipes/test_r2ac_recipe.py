@@ -56,6 +56,56 @@ def test_paper_configs_hold_the_paper_settings(fake_lab):
         1.0,
         32,
     )
+    # the official code's settings (docs/fidelity.md)
+    assert (hp.init, hp.prev_reward_at_reset, hp.eval_protocol) == ("official", "last", "official")
+    assert hp.env_options == {"frame_pool": "max"} and hp.validate_every == 0
+    hp = main(cli_args(ROOT / "configs/procgen/maze_memory.yaml"), run=False).model.hparams
+    assert (hp.hidden_size, hp.embed_size, hp.segment_length, hp.total_frames) == (256, None, 50, 200_000_000)
+    assert (hp.init, hp.prev_reward_at_reset, hp.eval_protocol) == ("official", "last", "official")
+    assert hp.validation_env_options == {"level_set": "valid"} and hp.validation_episodes == 10
+
+
+def test_official_evaluation_protocol_plays_3_runs_of_100_dmlab_episodes(fake_lab, monkeypatch):
+    module = R2ACModule(suite="dmlab", task="rooms_watermaze", num_envs=8, hidden_size=4, embed_size=4,
+                        eval_episodes=5, eval_protocol="official", total_frames=1000)  # fmt: skip
+    played = []
+    greedy_returns = module.greedy_returns
+
+    def spy(num_episodes, **options):
+        returns = greedy_returns(num_episodes, **options)
+        played.append((options, len(returns)))
+        return returns
+
+    monkeypatch.setattr(module, "greedy_returns", spy)
+    results = module.greedy_evaluation()
+    assert played == [({"run": k}, 100) for k in range(3)]
+    assert set(results) == {"run_0", "run_1", "run_2", "greedy_return"}
+    assert results["greedy_return"] == 40.0  # the fake pays 1 per frame, 40 frames per episode
+    module.hparams.eval_protocol = "default"
+    played.clear()
+    assert set(module.greedy_evaluation()) == {"greedy_return"} and played == [({}, 5)]
+
+
+def test_periodic_validation_keeps_the_best_checkpoint(tmp_path):
+    module = R2ACModule(suite="memory", task="delayed_cue", num_envs=4, hidden_size=8, embed_size=8,
+                        segment_length=5, total_frames=200, validate_every=40, validation_episodes=4,
+                        validation_env_options={"delay": 2}, prev_reward_at_reset="last")  # fmt: skip
+    saved = []
+
+    class Spy(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            saved.append(pl_module.best_validation)
+
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[Spy()])  # fmt: skip
+    trainer.fit(module)
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert best.is_file() and saved and saved == sorted(saved)  # saved only when the return improved
+    assert torch.load(best, weights_only=False)["r2ac"]["best_validation"] == module.best_validation
+    with pytest.raises(ValueError, match="eval_protocol 'paper'; valid choices are default, official"):
+        R2ACModule(eval_protocol="paper")
+    with pytest.raises(ValueError, match="valid choices are False, True, all, conv, fc"):
+        R2ACModule(freeze_stem="stem")
 
 
 @pytest.mark.parametrize(
