@@ -82,7 +82,7 @@ def test_sensitivity_of_the_wrong_shape_is_an_error():
 
 def test_renamed_modes_name_their_new_name_only_where_it_is_valid():
     renamed = "it is now called '{}'; valid choices are rtrl, {}, tbptt$"
-    with pytest.raises(ValueError, match=renamed.format("rtrl_layerwise", "rtrl_layerwise")):
+    with pytest.raises(ValueError, match=renamed.format("rtrl_layerwise", "rtrl_layerwise, rtrl_uoro")):
         StackedELSTM(3, [4], gradient="rtrl_local")
     with pytest.raises(ValueError, match=renamed.format("rtrl_stepwise", "rtrl_stepwise")):
         rm.ELSTM(3, 4, gradient="rtrl_online")
