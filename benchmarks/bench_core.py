@@ -10,9 +10,11 @@ huge pages: the fresh [B, K*N, D] sensitivity tensor of every segment then costs
 faults (measured: 16 MB first-touch write 7.0 ms → 3.5 ms; glibc MALLOC_* settings did not help).
 
 Prints, for each (N, T), the median wall time of forward + backward of one segment (loss on every
-output) for "rtrl", "rtrl_stepwise" and "tbptt", measured interleaved in one process (the machines
-are noisy, so the ratios matter), and memory: bytes autograd keeps for backward and bytes of the
-carried state (with CUDA: peak allocated memory as well).
+output) for "rtrl", "rtrl_stepwise" and "tbptt", called as users call the core
+(``out, state = core(x, state, gradient=mode)``), and for TorchRL's ``LSTMModule`` (torch's
+``nn.LSTM``, what users would pick instead) trained by TBPTT at the same N and T; all measured
+interleaved in one process (the machines are noisy, so the ratios matter). Memory: bytes autograd
+keeps for backward and bytes of the carried state (with CUDA: peak allocated memory as well).
 """
 
 from __future__ import annotations
@@ -29,14 +31,36 @@ import torch
 import rtrl_modules as rm
 from rtrl_modules.core.gradcheck import saved_tensor_bytes
 
-MODES = ("rtrl", "rtrl_stepwise", "tbptt")
+MODES = ("rtrl", "rtrl_stepwise", "tbptt", "lstm")
 
 
 def state_bytes(state) -> int:
     return sum(t.numel() * t.element_size() for t in state.values(include_nested=True, leaves_only=True))
 
 
-def bench(batch: int, hidden: int, inputs: int, steps: int, reps: int, device: str) -> dict[str, dict]:
+def _lstm_segment(batch, hidden, inputs, steps, device, x, weights):
+    """TorchRL's LSTMModule in recurrent mode over the same [B, T, D] segment, from a carried state."""
+    from tensordict import TensorDict
+    from torchrl.modules import LSTMModule
+
+    lstm = LSTMModule(
+        input_size=inputs, hidden_size=hidden, in_key="x", out_key="out", default_recurrent_mode=True
+    ).to(device)
+    state = torch.randn(batch, steps, 1, hidden, device=device) * 0.1
+    data = TensorDict(
+        {
+            "is_init": torch.zeros(batch, steps, 1, dtype=torch.bool, device=device),
+            "recurrent_state_h": state,
+            "recurrent_state_c": state.clone(),
+        },
+        batch_size=[batch, steps],
+    )
+    return lstm, data
+
+
+def bench(
+    batch: int, hidden: int, inputs: int, steps: int, reps: int, device: str, modes=MODES
+) -> dict[str, dict]:
     torch.manual_seed(0)
     core = rm.ELSTM(inputs, hidden).to(device)
     x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
@@ -45,30 +69,32 @@ def bench(batch: int, hidden: int, inputs: int, steps: int, reps: int, device: s
     _, state = core(x.detach(), state)  # non-zero carried sensitivities
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    # "rtrl" writes S_T into a reused buffer, as the TorchRL module does with its double-buffered
-    # store (a fresh B·2N·D tensor per segment costs first-touch page faults comparable to the math).
-    buffer = torch.empty_like(state["sensitivity", "weight_ih"])
+    lstm, lstm_data = _lstm_segment(batch, hidden, inputs, steps, device, x, weights)
 
     def segment(mode):
-        out_buffer = buffer if mode == "rtrl" else None
-        out, new_state = core(x, state, gradient=mode, sensitivity_out=out_buffer)
+        if mode == "lstm":
+            out = lstm(lstm_data.clone(False).set("x", x))["out"]
+            (out * weights).sum().backward()
+            return None
+        out, new_state = core(x, state, gradient=mode)
         (out * weights).sum().backward()
         return new_state
 
-    times = {m: [] for m in MODES}
+    times = {m: [] for m in modes}
     for _ in range(2):  # warm-up
-        for mode in MODES:
+        for mode in modes:
             segment(mode)
     for _ in range(reps):
-        for mode in MODES:  # interleaved, so drift in machine load hits every mode alike
+        for mode in modes:  # interleaved, so drift in machine load hits every mode alike
             core.zero_grad(set_to_none=True)
+            lstm.zero_grad(set_to_none=True)
             sync()
             start = time.perf_counter()
             segment(mode)
             sync()
             times[mode].append(time.perf_counter() - start)
-    results = {}
-    for mode in MODES:
+    results = {"lstm": {"time": statistics.median(times["lstm"])}} if "lstm" in modes else {}
+    for mode in (m for m in modes if m != "lstm"):
         core.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -90,7 +116,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--inputs", type=int, default=257)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 50, 100])
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 50])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repetitions")
@@ -110,19 +137,18 @@ def main() -> None:
     )
     print(f"# B={args.batch}, D={args.inputs}, median of {args.reps} interleaved repetitions\n")
     print(
-        "| N | T | tbptt ms | rtrl ms | stepwise ms | rtrl / tbptt | stepwise / rtrl "
+        "| N | T | tbptt ms | rtrl ms | stepwise ms | lstm ms | rtrl / tbptt | rtrl / lstm | stepwise / rtrl "
         "| kept for backward MB (rtrl / tbptt) | carried sensitivities MB (rtrl) | B·(2ND+4N) floats MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
+    mb, nan = 1 / 2**20, float("nan")
     for hidden in args.hidden:
         for steps in args.steps:
-            r = bench(args.batch, hidden, args.inputs, steps, args.reps, args.device)
-            mb = 1 / 2**20
-            ms = {
-                m: r[m]["time"] * 1e3 if m in r else float("nan") for m in ("rtrl", "rtrl_stepwise", "tbptt")
-            }
-            sens = r["rtrl"]["state"] - r["tbptt"]["state"] if "rtrl" in r and "tbptt" in r else float("nan")
+            r = bench(args.batch, hidden, args.inputs, steps, args.reps, args.device, args.modes)
+            ms = {m: r[m]["time"] * 1e3 if m in r else nan for m in MODES}
+            saved = {m: r[m]["saved"] * mb if "saved" in r.get(m, {}) else nan for m in ("rtrl", "tbptt")}
+            sens = r["rtrl"]["state"] - r["tbptt"]["state"] if "rtrl" in r and "tbptt" in r else nan
             formula = args.batch * (2 * hidden * args.inputs + 4 * hidden) * 4
             rows.append(
                 {
@@ -131,14 +157,13 @@ def main() -> None:
                     "ms": ms,
                     "sens_bytes": sens,
                     "formula_bytes": formula,
-                    "saved": {m: r[m]["saved"] for m in r},
+                    "saved": {m: r[m]["saved"] for m in r if "saved" in r[m]},
                 }
             )
             print(
-                f"| {hidden} | {steps} | {ms['tbptt']:.1f} | {ms['rtrl']:.1f} "
-                f"| {ms['rtrl_stepwise']:.1f} | {ms['rtrl'] / ms['tbptt']:.2f} "
-                f"| {ms['rtrl_stepwise'] / ms['rtrl']:.2f} "
-                f"| {r['rtrl']['saved'] * mb:.1f} / {r['tbptt']['saved'] * mb:.1f} "
+                f"| {hidden} | {steps} | {ms['tbptt']:.1f} | {ms['rtrl']:.1f} | {ms['rtrl_stepwise']:.1f} "
+                f"| {ms['lstm']:.1f} | {ms['rtrl'] / ms['tbptt']:.2f} | {ms['rtrl'] / ms['lstm']:.2f} "
+                f"| {ms['rtrl_stepwise'] / ms['rtrl']:.2f} | {saved['rtrl']:.1f} / {saved['tbptt']:.1f} "
                 f"| {sens * mb:.3f} | {formula * mb:.3f} |",
                 flush=True,
             )

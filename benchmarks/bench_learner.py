@@ -59,9 +59,10 @@ def fake_segment(shape, num_actions, batch, steps, hidden) -> TensorDict:
     return td
 
 
-def build(core, shape, num_actions, hidden, channels_last):
+def build(core, shape, num_actions, hidden, channels_last, device="cpu"):
     torch.manual_seed(0)
     agent = make_agent(shape, num_actions, core=core, hidden_size=hidden, embed_size=256)
+    agent.network.to(device)
     if channels_last:
         agent.stem.to(memory_format=torch.channels_last)
     loss = R2ACLoss(agent.network)
@@ -69,23 +70,28 @@ def build(core, shape, num_actions, hidden, channels_last):
     return loss, optimizer
 
 
-def bench(size, batch, steps, hidden, reps, channels_last_variants=(False,)):
-    """Median seconds per update for tbptt and rtrl, per memory format. The two cores are interleaved
+def bench(
+    size, batch, steps, hidden, reps, channels_last_variants=(False,), cores=("tbptt", "rtrl"), device="cpu"
+):
+    """Median seconds per update for each core, per memory format. The cores are interleaved
     within one memory format at a time: interleaving contiguous and channels_last models made the
     first call after each format switch pay for it (measured: 0.69-0.88 "ratios" for channels_last)."""
     shape, num_actions = SIZES[size]
-    td = fake_segment(shape, num_actions, batch, steps, hidden)
+    td = fake_segment(shape, num_actions, batch, steps, hidden).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     results = {}
     for cl in channels_last_variants:
-        setups = {core: build(core, shape, num_actions, hidden, cl) for core in ("tbptt", "rtrl")}
+        setups = {core: build(core, shape, num_actions, hidden, cl, device) for core in cores}
         times = {k: [] for k in setups}
         for _ in range(2):  # warm-up; the second RTRL call already has carried sensitivities
             for loss, opt in setups.values():
                 update(loss, td, opt)
         for _ in range(reps):
             for core, (loss, opt) in setups.items():
+                sync()
                 start = time.perf_counter()
                 update(loss, td, opt)
+                sync()
                 times[core].append(time.perf_counter() - start)
         results.update({f"{core}{'_cl' if cl else ''}": statistics.median(v) for core, v in times.items()})
     return results
@@ -107,6 +113,8 @@ def main() -> None:
     parser.add_argument(
         "--only-channels-last", action="store_true", help="time channels_last convolutions only"
     )
+    parser.add_argument("--cores", nargs="+", default=["tbptt", "rtrl"], choices=["tbptt", "rtrl", "lstm"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -123,26 +131,24 @@ def main() -> None:
     if args.only_channels_last:
         variants, args.channels_last = (True,), False
     suffixes = [("_cl" if v else "") for v in variants]
-    cols = [f"{c}{s}" for s in suffixes for c in ("tbptt", "rtrl")]
-    print(
-        "| size | "
-        + " | ".join(f"{c} s" for c in cols)
-        + " | rtrl / tbptt |"
-        + (" cl rtrl / tbptt |" if args.channels_last else "")
-    )
-    print("|---" * (len(cols) + 2 + bool(args.channels_last)) + "|")
+    cols = [f"{c}{s}" for s in suffixes for c in args.cores]
+    ratios = [(f"rtrl{s}", f"{base}{s}") for s in suffixes for base in ("tbptt", "lstm")]
+    ratios = [(a, b) for a, b in ratios if a.split("_")[0] in args.cores and b.split("_")[0] in args.cores]
+    header = [f"{c} s" for c in cols] + [f"{a} / {b}" for a, b in ratios]
+    print("| size | " + " | ".join(header) + " |")
+    print("|---" * (len(cols) + len(ratios) + 1) + "|")
     results = {}
     for size in args.sizes:
-        r = bench(size, args.batch, args.steps, args.hidden, args.reps, variants)
+        r = bench(size, args.batch, args.steps, args.hidden, args.reps, variants, args.cores, args.device)
         results[size] = r
-        line = (
+        print(
             f"| {SIZES[size][0]} | "
             + " | ".join(f"{r[c]:.3f}" for c in cols)
-            + f" | {r['rtrl' + suffixes[0]] / r['tbptt' + suffixes[0]]:.3f} |"
+            + " | "
+            + " | ".join(f"{r[a] / r[b]:.3f}" for a, b in ratios)
+            + " |",
+            flush=True,
         )
-        if args.channels_last:
-            line += f" {r['rtrl_cl'] / r['tbptt_cl']:.3f} |"
-        print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)

@@ -58,3 +58,16 @@ def fake_lab(monkeypatch):
     FakeLab.instances = []
     monkeypatch.setitem(sys.modules, "deepmind_lab", types.SimpleNamespace(Lab=FakeLab))
     return FakeLab
+
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")],
+)
+
+
+@pytest.fixture(params=["cpu", CUDA])
+def device(request) -> torch.device:
+    """Every test that takes ``device`` runs on the CPU and, where one is present, on CUDA
+    (``pytest -m cuda`` selects the CUDA runs; scripts/gpu_check.sh runs them)."""
+    return torch.device(request.param)

@@ -65,9 +65,15 @@ def previous_states(c0: Tensor, c_seq: Tensor, keep: Tensor, restart: Tensor | N
     return prev
 
 
-# Per-example [K*N, D] blocks at least this large are processed one example at a time (cache-resident
-# GEMM accumulation / injection); smaller ones with batched ops (Python call overhead dominates).
+# On CPU, per-example [K*N, D] blocks at least this large are processed one example at a time
+# (cache-resident GEMM accumulation / injection); smaller ones with batched ops (Python call overhead
+# dominates). On CUDA the batched kernels always win (one launch instead of B, no host round trips).
 _PER_EXAMPLE_MIN = 1 << 15
+
+
+def _per_example(sens: Tensor) -> bool:
+    """Whether to loop over the examples of a [B, K*N, D] sensitivity (see ``_PER_EXAMPLE_MIN``)."""
+    return sens.device.type == "cpu" and sens[0].numel() >= _PER_EXAMPLE_MIN
 
 
 def _as_gates(tensor: Tensor, num_gates: int) -> Tensor:
@@ -114,8 +120,8 @@ def carry_sensitivities_segment(
     weights = gated.reshape(batch, steps, num_gates * hidden).transpose(1, 2)
     # S_T = Σ_k (A_{k+1:T} ⊙ ∂c_k/∂a_k) x_kᵀ [+ A_{1:T} ⊙ S_0]: the GEMM writes its output without
     # reading it (beta = 0), then A_{1:T} ⊙ S_0 is added in place.
-    if sens0 is None or sens0["weight_ih"][0].numel() < _PER_EXAMPLE_MIN:
-        # Small blocks (or no S_0): batched ops, fewer Python calls.
+    if sens0 is None or not _per_example(sens0["weight_ih"]):
+        # Small blocks, CUDA, or no S_0: batched ops, fewer calls.
         sens_w = torch.bmm(weights, x, out=out)  # [B, K*N, D]
         if sens0 is not None:
             _as_gates(sens_w, num_gates).addcmul_(
@@ -181,7 +187,7 @@ def inject_sensitivities_(grad_w: Tensor, grad_c0: Tensor, sens: Tensor, num_gat
     Equal to ``einsum("bn,bknd->knd")``, but one fused multiply-add per example into the
     (cache-resident) gradient: a single pass over the sensitivities and no [B, K*N, D] temporary.
     """
-    if sens[0].numel() < _PER_EXAMPLE_MIN:  # small blocks: one batched einsum
+    if not _per_example(sens):  # small blocks or CUDA: one batched einsum
         grad_w += torch.einsum("bn,bknd->knd", grad_c0, _as_gates(sens, num_gates)).reshape(grad_w.shape)
         return grad_w
     acc = _as_gates(grad_w.unsqueeze(0), num_gates)[0]

@@ -22,14 +22,16 @@ def bptt_reference(
 ) -> tuple[Tensor, Tensor]:
     """Plain autograd unroll of ``core`` over x [B, T, D] (no RTRL code): (out [B, T, N'], c_T [B, N]).
 
-    At ``is_init`` steps the state restarts from zero, or from ``restart[:, t]`` ([B, T, N], a constant)."""
+    At ``is_init`` steps the state restarts from zero, or from ``restart[:, t]`` ([B, T, N], a constant).
+    Block cores (``BlockRTRLCore``) work the same way with the state shape [m, N] in place of [N]."""
     cell = core.cell
     batch, steps, _ = x.shape
-    c = x.new_zeros(batch, cell.hidden_size) if c0 is None else c0
-    pre = (x @ cell.weight_ih.t()).view(batch, steps, cell.num_gates, cell.hidden_size)
+    shape = core.state_shapes()["c"]  # [N], or [m, N] for a block cell
+    c = x.new_zeros(batch, *shape) if c0 is None else c0
+    pre = (x @ cell.weight_ih.t()).view(batch, steps, cell.num_gates, *shape)
     states = []
     for t in range(steps):
-        start = is_init[:, t].unsqueeze(-1)
+        start = is_init[:, t].view(batch, *[1] * len(shape))
         fresh = torch.zeros_like(c) if restart is None else restart[:, t].detach()
         c = cell.step(pre[:, t], torch.where(start, fresh, c), **cell.recurrent_parameters())
         states.append(c)
@@ -79,17 +81,18 @@ def check_rtrl_gradients(
     every mode gives x its in-segment (truncated) gradient.
 
     Returns the relative errors, by mode and parameter. Tolerance defaults to 1e-9 in float64 and
-    1e-4 in float32.
+    1e-4 in float32. Runs on the core's device (the data is drawn on the CPU, so it is the same on
+    every device).
     """
-    dtype = core.cell.weight_ih.dtype
+    dtype, device = core.cell.weight_ih.dtype, core.cell.weight_ih.device
     if tolerance is None:
         tolerance = 1e-9 if dtype == torch.float64 else 1e-4
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the same data on every device
     steps = sum(segment_lengths)
     starts = [sum(segment_lengths[:i]) for i in range(len(segment_lengths))]
-    x = torch.randn(batch_size, steps, core.input_size, generator=gen, dtype=dtype)
-    is_init = random_resets(batch_size, steps, starts, gen)
-    weights = torch.randn(batch_size, steps, core.output_size, generator=gen, dtype=dtype)
+    x = torch.randn(batch_size, steps, core.input_size, generator=gen, dtype=dtype).to(device)
+    is_init = random_resets(batch_size, steps, starts, gen).to(device)
+    weights = torch.randn(batch_size, steps, core.output_size, generator=gen, dtype=dtype).to(device)
 
     def reference(truncated: bool) -> dict[str, Tensor]:
         core.zero_grad(set_to_none=False)

@@ -24,6 +24,51 @@ from .functional import GradientMode, elementwise_recurrence
 __all__ = ["STATE_KEY", "SENSITIVITY_KEY", "RTRLCore", "ELSTM", "IndRNN", "LRU", "SRU"]
 
 
+def _storage_uses(tensor: Tensor) -> int | None:
+    """How many tensors share ``tensor``'s memory (None where this torch cannot tell)."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else count(tensor.untyped_storage()._cdata)
+
+
+class SensitivityBuffers:
+    """Reused memory for the new ``weight_ih`` sensitivity S_T [B, K*N, D] of calls that pass no
+    ``sensitivity_out`` (the plain API: ``out, state = core(x, state)``).
+
+    A fresh S_T per segment costs first-touch page faults on CPU comparable to the RTRL arithmetic
+    itself. So the core keeps the buffers it handed out and reuses one once nothing else shares its
+    memory: no state, no view and no pending backward refers to it any more (the state a caller still
+    holds, and S_0 saved for a backward, are never overwritten). At most ``size`` buffers are kept.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = size
+        self._buffers: list[tuple[Tensor, int]] = []  # (buffer, its use count when only we hold it)
+
+    def get(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer of ``shape`` with ``like``'s dtype and device that nothing else refers to."""
+        for buffer, alone in self._buffers:
+            if (
+                buffer.shape == shape
+                and buffer.dtype == like.dtype
+                and buffer.device == like.device
+                and _storage_uses(buffer) == alone
+            ):
+                return buffer
+        buffer = like.new_empty(shape)
+        alone = _storage_uses(buffer)
+        if alone is not None:  # without a use count nothing can be proven free: no reuse
+            if len(self._buffers) == self.size:
+                self._buffers.pop(0)
+            self._buffers.append((buffer, alone))
+        return buffer
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def __getstate__(self) -> dict:  # copies and pickles of the core carry no buffers
+        return {"size": self.size, "_buffers": []}
+
+
 class RTRLCore(RecurrentCoreBase):
     """Recurrent core over an :class:`~rtrl_modules.cells.ElementwiseCell`, trained by exact RTRL.
 
@@ -40,6 +85,7 @@ class RTRLCore(RecurrentCoreBase):
             raise TypeError(f"cell must be an ElementwiseCell, got {type(cell).__name__}")
         self.cell = cell
         self.gradient = self.check_gradient(gradient)
+        self.buffers = SensitivityBuffers()
 
     @property
     def input_size(self) -> int:
@@ -81,10 +127,10 @@ class RTRLCore(RecurrentCoreBase):
             gradient: override of the core's gradient mode for this call.
             track_sensitivities: compute the sensitivities to carry on. Default: in the RTRL
                 modes when autograd is on (so ``torch.no_grad()`` acting skips them).
-            sensitivity_out: optional reused buffer [B, *weight_ih.shape] for the new ``weight_ih``
-                sensitivity (the returned state then holds it). Writing into reused memory saves
-                the page faults of a fresh B·K·N·D tensor per call; it must not share memory with
-                the incoming state's sensitivities, which the backward still reads.
+            sensitivity_out: optional buffer [B, *weight_ih.shape] for the new ``weight_ih``
+                sensitivity (the returned state then holds it); it must not share memory with the
+                incoming state's sensitivities, which the backward still reads. Without it the core
+                reuses a buffer of its own that nothing refers to any more (:class:`SensitivityBuffers`).
             restart_state: optional [B, T, N] state to restart from at ``is_init`` steps instead of
                 zeros (TorchRL's recurrent-mode contract: restart from the stored state). The
                 restart is a constant: gradients and sensitivities are truncated there.
@@ -100,6 +146,8 @@ class RTRLCore(RecurrentCoreBase):
         c0, sens0 = self._check_state(state, batch, x, keep, gradient, track_sensitivities)
 
         out_buffer = self._check_sensitivity_out(sensitivity_out, batch, x, sens0)
+        if out_buffer is None and track_sensitivities and gradient == "rtrl":
+            out_buffer = self.buffers.get((batch, *self.cell.weight_ih.shape), x)
         if restart_state is not None:
             if restart_state.shape != (*x.shape[:2], self.hidden_size):
                 raise ValueError(
@@ -161,8 +209,11 @@ class ELSTM(RTRLCore):
         output_gate: bool = True,
         gradient: GradientMode = "rtrl",
         forget_bias: float | None = None,
+        init: str = "default",
     ) -> None:
-        super().__init__(ELSTMCell(input_size, hidden_size, output_gate, forget_bias), gradient)
+        """``init``: ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²), the official code's);
+        see :class:`~rtrl_modules.cells.ELSTMCell`."""
+        super().__init__(ELSTMCell(input_size, hidden_size, output_gate, forget_bias, init), gradient)
 
 
 class IndRNN(RTRLCore):

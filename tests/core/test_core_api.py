@@ -6,7 +6,7 @@ from tensordict import TensorDict
 
 import rtrl_modules as rm
 from rtrl_modules.cells import ELSTMCell
-from rtrl_modules.core.gradcheck import saved_tensor_bytes
+from rtrl_modules.core.gradcheck import bptt_reference, saved_tensor_bytes
 
 
 def test_state_size_does_not_depend_on_segment_length_and_matches_formula():
@@ -189,3 +189,46 @@ def test_sensitivity_out_reuses_a_buffer_with_identical_results(inputs, hidden):
         core(xs[0], state_b, sensitivity_out=state_b["sensitivity", "weight_ih"])
     with pytest.raises(ValueError, match="shape"):
         core(xs[0], state_b, sensitivity_out=torch.empty(3, 5, inputs, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("inputs, hidden", [(5, 6), (257, 64)])  # batched and per-example carry paths
+def test_plain_api_reuses_free_sensitivity_memory_and_never_a_live_one(inputs, hidden):
+    """Without ``sensitivity_out`` the core writes S_T into memory of its own that nothing refers to
+    any more; a state the caller keeps, or S_0 that a pending backward reads, is never overwritten."""
+    torch.manual_seed(0)
+    core = rm.ELSTM(inputs, hidden).double()
+    lengths = (4, 1, 3, 5)
+    x = torch.randn(3, sum(lengths), inputs, dtype=torch.float64)
+    is_init = torch.zeros(3, sum(lengths), dtype=torch.bool)
+    is_init[:, 0] = is_init[1, 6] = True
+    weights = torch.randn(3, sum(lengths), hidden, dtype=torch.float64)
+    starts = [sum(lengths[:k]) for k in range(len(lengths))]
+
+    # The usual loop (backward per segment, the old state dropped): two buffers take turns.
+    state, pointers = core.initial_state(3), []
+    for start, length in zip(starts, lengths):
+        sl = slice(start, start + length)
+        out, state = core(x[:, sl], state, is_init=is_init[:, sl])
+        (out * weights[:, sl]).sum().backward()
+        pointers.append(state["sensitivity", "weight_ih"].data_ptr())
+    assert pointers[2] == pointers[0] and pointers[3] == pointers[1] and pointers[0] != pointers[1]
+
+    # Every state kept and one backward after all segments: nothing alive is reused, and the RTRL
+    # gradient still equals full BPTT.
+    core.zero_grad()
+    state, kept, loss = core.initial_state(3), [], 0
+    for start, length in zip(starts, lengths):
+        sl = slice(start, start + length)
+        out, state = core(x[:, sl], state, is_init=is_init[:, sl])
+        kept.append((state, state["sensitivity", "weight_ih"].clone()))
+        loss = loss + (out * weights[:, sl]).sum()
+    loss.backward()
+    got = {name: p.grad.clone() for name, p in core.named_parameters()}
+    assert len({s["sensitivity", "weight_ih"].data_ptr() for s, _ in kept}) == len(lengths)
+    for s, snapshot in kept:
+        assert torch.equal(s["sensitivity", "weight_ih"], snapshot)
+    core.zero_grad()
+    out, _ = bptt_reference(core, x, is_init)
+    (out * weights).sum().backward()
+    for name, p in core.named_parameters():
+        assert ((got[name] - p.grad).norm() / p.grad.norm()).item() <= 1e-9, name

@@ -13,9 +13,9 @@ SPLITS = [(5, 1, 7, 3), (1, 1, 1, 1, 1, 1, 1), (2, 9, 4)]
 
 @pytest.mark.parametrize("core_cls", CORES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("split", SPLITS, ids=str)
-def test_all_modes_match_bptt_float64(core_cls, split):
+def test_all_modes_match_bptt_float64(core_cls, split, device):
     torch.manual_seed(1)
-    core = core_cls(3, 6).double()
+    core = core_cls(3, 6).double().to(device)
     report = rm.check_rtrl_gradients(core, batch_size=5, segment_lengths=split, seed=2)
     assert set(report) == {"rtrl", "rtrl_stepwise", "tbptt"}
     for errors in report.values():
@@ -47,9 +47,9 @@ def test_per_example_path_at_a_real_input_size_matches_bptt_float64():
 
 
 @pytest.mark.parametrize("core_cls", CORES, ids=lambda c: c.__name__)
-def test_float32_within_1e_4(core_cls):
+def test_float32_within_1e_4(core_cls, device):
     torch.manual_seed(3)
-    report = rm.check_rtrl_gradients(core_cls(4, 8), batch_size=3, segment_lengths=(6, 2, 5))
+    report = rm.check_rtrl_gradients(core_cls(4, 8).to(device), batch_size=3, segment_lengths=(6, 2, 5))
     assert max(max(e.values()) for e in report.values()) <= 1e-4
 
 

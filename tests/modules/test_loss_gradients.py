@@ -17,7 +17,7 @@ OBS, EMBED, HIDDEN, ACTIONS = 3, 5, 6, 4
 BATCH, SEG, K = 4, 5, 3
 
 
-def build(module_cls, **module_kwargs):
+def build(module_cls, device="cpu", **module_kwargs):
     torch.manual_seed(0)
     stem = Mod(nn.Sequential(nn.Linear(OBS, EMBED), nn.Tanh()), ["observation"], ["embed"])
     rec = module_cls(EMBED, HIDDEN, in_key="embed", out_key="features", **module_kwargs)
@@ -32,18 +32,20 @@ def build(module_cls, **module_kwargs):
     )
     critic = Seq(trunk, value_head)
     for m in (actor, critic):
-        m.double()
+        m.double().to(device)
     return stem, rec, policy_head, value_head, actor, critic
 
 
 def act(actor, steps, gen):
     """What a collector does: one step at a time, state through the primer / ("next", ...) keys."""
-    obs = torch.randn(BATCH, steps, OBS, generator=gen, dtype=torch.float64)
+    device = next(actor.parameters()).device
+    obs = torch.randn(BATCH, steps, OBS, generator=gen, dtype=torch.float64).to(device)
     is_init = torch.rand(BATCH, steps, generator=gen) < 0.1
     is_init[:, 0] = True
     is_init[1, SEG] = True  # a reset exactly at a segment start
     is_init[2, SEG + 2] = True  # and one inside a segment
-    state = torch.zeros(BATCH, HIDDEN, dtype=torch.float64)
+    is_init = is_init.to(device)
+    state = torch.zeros(BATCH, HIDDEN, dtype=torch.float64, device=device)
     steps_td = []
     for t in range(steps):
         state = torch.where(is_init[:, t, None], 0.0, state)  # the primer's reset
@@ -55,8 +57,8 @@ def act(actor, steps, gen):
         state = td["next", "recurrent_state"]
         steps_td.append(td)
     data = torch.stack(steps_td, 1)
-    data["advantage"] = torch.randn(BATCH, steps, 1, generator=gen, dtype=torch.float64)
-    data["value_target"] = torch.randn(BATCH, steps, 1, generator=gen, dtype=torch.float64)
+    data["advantage"] = torch.randn(BATCH, steps, 1, generator=gen, dtype=torch.float64).to(device)
+    data["value_target"] = torch.randn(BATCH, steps, 1, generator=gen, dtype=torch.float64).to(device)
     return data
 
 
@@ -91,8 +93,8 @@ def bptt_reference_loss(kind, stem, rec, policy_head, value_head, data):
 @pytest.mark.parametrize("module_cls", [ELSTMModule, IndRNNModule])
 @pytest.mark.parametrize("kind", ["ppo", "a2c"])
 @pytest.mark.parametrize("gradient", ["rtrl", "rtrl_stepwise"])
-def test_segmented_torchrl_loss_equals_full_episode_bptt(kind, gradient, module_cls):
-    stem, rec, policy_head, value_head, actor, critic = build(module_cls, gradient=gradient)
+def test_segmented_torchrl_loss_equals_full_episode_bptt(kind, gradient, module_cls, device):
+    stem, rec, policy_head, value_head, actor, critic = build(module_cls, device, gradient=gradient)
     data = act(actor, K * SEG, torch.Generator().manual_seed(1))
     loss_fn = make_loss(kind, actor, critic)
     compared = [rec, policy_head, value_head]

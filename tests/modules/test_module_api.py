@@ -39,20 +39,28 @@ def seq_td(b, t, gen=None):
 
 
 @pytest.mark.parametrize("cls", [ELSTMModule, IndRNNModule, LRUModule, SRUModule])
-def test_every_cell_module_steps_and_runs_recurrent(cls):
-    m = cls(D, N, in_key="x", out_key="y")
+def test_every_cell_module_steps_and_runs_recurrent(cls, device):
+    m = cls(D, N, in_key="x", out_key="y").to(device)
     assert m.in_keys == ["x", "recurrent_state", "is_init"]
     assert m.out_keys == ["y", ("next", "recurrent_state")]
     assert (m.input_size, m.hidden_size) == (D, N)
-    td = m(step_td([4]))
+    td = m(step_td([4]).to(device))
     assert td["y"].shape == (4, N) and td["next", "recurrent_state"].shape == (4, N)
-    td0 = m(step_td([]))  # an unbatched env
+    assert td["y"].device.type == device.type
+    td0 = m(step_td([]).to(device))  # an unbatched env
     assert td0["y"].shape == (N,)
     with set_recurrent_mode(True), torch.no_grad():  # acting-style calls: no carried sensitivities
-        out = m(seq_td(2, 6))
+        out = m(seq_td(2, 6).to(device))
         assert out["y"].shape == (2, 6, N)
-        assert m(seq_td(2, 6)[0])["y"].shape == (6, N)  # [T]
-        assert m(torch.stack([seq_td(2, 6), seq_td(2, 6)]))["y"].shape == (2, 2, 6, N)  # [.., B, T]
+        assert m(seq_td(2, 6)[0].to(device))["y"].shape == (6, N)  # [T]
+        pair = torch.stack([seq_td(2, 6), seq_td(2, 6)]).to(device)
+        assert m(pair)["y"].shape == (2, 2, 6, N)  # [.., B, T]
+    with set_recurrent_mode(True):  # learner-style call: exact RTRL from the carried store
+        out = m(seq_td(2, 6).to(device))
+        out["y"].sum().backward()
+        assert m.segment_starts == {"exact": 2, "truncated": 0}
+        grads = [p.grad for p in m.core.cell.rtrl_parameters().values()]
+        assert all(g is not None and g.device.type == device.type for g in grads)
 
 
 def test_explicit_keys_and_state_flow_in_step_mode():

@@ -51,7 +51,7 @@ def reference_vtrace(value, bootstrap, reward, done, log_rho, gamma, rho_bar, c_
     vs = torch.zeros_like(value)
     for b in range(B):
         for s in range(T):
-            total, weight = value[b, s].clone(), torch.ones(1, dtype=torch.float64)
+            total, weight = value[b, s].clone(), value.new_ones(1)
             for t in range(s, T):
                 total = total + weight * delta[b, t]
                 weight = weight * disc[b, t] * c[b, t]
@@ -64,9 +64,9 @@ def reference_vtrace(value, bootstrap, reward, done, log_rho, gamma, rho_bar, c_
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("rho_bar", [1.0, 0.5])
-def test_loss_and_gradients_equal_reference(reduction, rho_bar):
+def test_loss_and_gradients_equal_reference(reduction, rho_bar, device):
     torch.manual_seed(0)
-    heads = Heads().double()
+    heads = Heads().double().to(device)
     agent = TensorDictModule(heads, in_keys=["observation"], out_keys=["logits", "state_value"])
     loss_fn = R2ACLoss(
         agent,
@@ -78,7 +78,7 @@ def test_loss_and_gradients_equal_reference(reduction, rho_bar):
         reward_clip=1.0,
         reduction=reduction,
     )
-    batch = make_batch()
+    batch = make_batch().to(device)
     out = loss_fn(batch)
     total = out["loss_objective"] + out["loss_critic"] + out["loss_entropy"]
     total.backward()
