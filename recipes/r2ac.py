@@ -26,15 +26,21 @@ from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from rtrl_modules.envs import SUITES, evaluate, evaluate_procgen, make_env, make_eval_env
+from rtrl_modules.envs import EVAL_PROTOCOLS, SUITES, evaluate, evaluation_plan, make_env, make_eval_env
 from rtrl_modules.modules import RECURRENT_KINDS, PreviousReward, make_agent
+from rtrl_modules.modules.agent import FREEZE_CHOICES, PREV_REWARD_AT_RESET, STEM_PARTS
 from rtrl_modules.objectives import R2ACLoss
 from rtrl_modules.training import (
+    COLLECTION_MODES,
+    SENSITIVITY_SOURCES,
+    SLOT_KEY,
+    env_factory,
     episode_stats,
     linear_decay,
     loss_and_metrics,
     make_collector,
     make_optimizer,
+    segments,
 )
 
 
@@ -61,16 +67,44 @@ class R2ACModule(LightningModule):
         suite, task, num_envs, env_options: the environments (``rtrl_modules.envs.make_env``).
         core: ``"rtrl"`` (paper), ``"rtrl_stepwise"``, ``"tbptt"`` (same eLSTM, truncated),
             ``"lstm"`` (TorchRL's ``LSTMModule``, truncated) or ``"feedforward"``.
-        hidden_size, embed_size, forget_bias: network sizes (N; stem output) and eLSTM b_f init.
-        segment_length: M, steps per env per update (the truncation length of the baselines).
+        hidden_size, embed_size, forget_bias: network sizes (N; stem output, None = N as in the
+            official ProcGen network) and eLSTM b_f init.
+        init: eLSTM initialisation, ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²)).
+        conv_scale: stem channel multiplier (official ``--conv_scale``).
+        feedforward_layer: ``core="feedforward"`` only: False is the official baseline (heads on
+            the stem output and previous reward, no layer).
+        prev_reward_at_reset: previous reward at an episode's first step: ``"zero"`` or ``"last"``
+            (the previous episode's last reward, as the official actors pass it).
         total_frames: environment steps over all envs of this rank.
         lr, rms_alpha, rms_eps, lr_decay: RMSProp and its linear decay to 0.
         gamma, entropy_cost, baseline_cost, reward_clip, reduction: the R2AC loss.
-        stem_checkpoint, freeze_stem: pre-trained vision stem (paper's DMLab memory setting).
+        stem_checkpoint, stem_parts, freeze_stem: pre-trained vision stem (ours or an official
+            checkpoint; paper's DMLab memory setting): ``stem_parts`` ``"all"`` or ``"conv"``
+            (official ``--not_load_fc``); ``freeze_stem`` False, True / ``"all"``, ``"conv"``,
+            ``"fc"`` (official ``--freeze_conv`` / ``--freeze_fc``).
         eval_episodes: greedy episodes of the final evaluation (0: none); ProcGen evaluates the
             train and the three test level sets.
-        seed: base seed (rank r uses seed + 1000·r for its envs).
+        eval_protocol: ``"default"`` (``eval_episodes`` per set) or ``"official"`` (the official
+            code's: ProcGen 200 episodes per level set, train = 200 levels from 0; DMLab 3 runs
+            × 100 episodes; Atari 5 × 30); see ``rtrl_modules.envs.evaluation_plan``.
+        validate_every, validation_episodes, validation_env_options: every ``validate_every``
+            frames (0: never), ``validation_episodes`` greedy episodes on envs with the
+            ``env_options`` updated by ``validation_env_options`` (ProcGen:
+            ``{level_set: valid}``, levels 500-999); the best mean return so far is kept as
+            ``checkpoints/best.ckpt`` (official ``model_best_val.tar``).
+        seed: base seed (rank r uses seed + 1000·r for its envs; worker w of a rank adds 100·w).
         num_threads: torch threads (1 is best with envpool's worker threads on small CPUs).
+        collection, num_workers, weight_update_interval: where the actors run (docs/recipes.md,
+            "Decoupled actors"): ``"single"`` (a ``Collector`` in this process; acting and learning
+            alternate), ``"sync"`` or ``"async"`` (TorchRL's ``MultiSyncCollector`` /
+            ``MultiAsyncCollector``: ``num_workers`` processes per rank, each acting in ``num_envs``
+            envs with a copy of the policy that gets the learner's weights every
+            ``weight_update_interval`` updates; ``"async"`` trains on each worker's
+            [num_envs, M] batch as it arrives, ``"sync"`` on all workers' [num_workers·num_envs, M]).
+            The learner carries exact RTRL per env slot across workers; V-trace corrects the lag.
+        sensitivities: who carries the RTRL sensitivities with ``"sync"``/``"async"``:
+            ``"learner"`` (default, per env slot) or ``"actor"`` (the official code's way: the actors
+            step them with their weights and ship S_0 once per segment; RTRL cores only).
     """
 
     def __init__(
@@ -81,8 +115,12 @@ class R2ACModule(LightningModule):
         env_options: dict[str, Any] | None = None,
         core: Literal["rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward"] = "rtrl",
         hidden_size: int = 256,
-        embed_size: int = 256,
+        embed_size: int | None = 256,
         forget_bias: float | None = None,
+        init: Literal["default", "official"] = "default",
+        conv_scale: int = 1,
+        feedforward_layer: bool = True,
+        prev_reward_at_reset: Literal["zero", "last"] = "zero",
         segment_length: int = 50,
         total_frames: int = 1_000_000,
         lr: float = 6e-4,
@@ -95,10 +133,19 @@ class R2ACModule(LightningModule):
         reward_clip: float | None = 1.0,
         reduction: Literal["sum", "mean"] = "sum",
         stem_checkpoint: str | None = None,
-        freeze_stem: bool = False,
+        stem_parts: Literal["all", "conv"] = "all",
+        freeze_stem: bool | Literal["all", "conv", "fc"] = False,
         eval_episodes: int = 0,
+        eval_protocol: Literal["default", "official"] = "default",
+        validate_every: int = 0,
+        validation_episodes: int = 10,
+        validation_env_options: dict[str, Any] | None = None,
         seed: int = 0,
         num_threads: int | None = None,
+        collection: Literal["single", "sync", "async"] = "single",
+        num_workers: int = 1,
+        weight_update_interval: int = 1,
+        sensitivities: Literal["learner", "actor"] = "learner",
     ) -> None:
         super().__init__()
         # Literal types let the CLI reject bad values while parsing; these checks serve Python callers.
@@ -106,10 +153,26 @@ class R2ACModule(LightningModule):
             raise ValueError(f"unknown suite {suite!r}; valid choices are {', '.join(SUITES)}")
         if core not in RECURRENT_KINDS:
             raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
+        for name, value, choices in (
+            ("init", init, ("default", "official")),
+            ("prev_reward_at_reset", prev_reward_at_reset, PREV_REWARD_AT_RESET),
+            ("stem_parts", stem_parts, STEM_PARTS),
+            ("freeze_stem", freeze_stem, FREEZE_CHOICES),
+            ("eval_protocol", eval_protocol, EVAL_PROTOCOLS),
+            ("collection", collection, COLLECTION_MODES),
+            ("sensitivities", sensitivities, SENSITIVITY_SOURCES),
+        ):
+            if value not in choices:
+                listed = ", ".join(map(str, choices))
+                raise ValueError(f"unknown {name} {value!r}; valid choices are {listed}")
         for name, value in (
             ("num_envs", num_envs),
             ("segment_length", segment_length),
             ("total_frames", total_frames),
+            ("conv_scale", conv_scale),
+            ("validation_episodes", validation_episodes),
+            ("num_workers", num_workers),
+            ("weight_update_interval", weight_update_interval),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -118,12 +181,25 @@ class R2ACModule(LightningModule):
                 f"total_frames={total_frames} is less than one update (num_envs × segment_length = "
                 f"{num_envs} × {segment_length} = {num_envs * segment_length} frames)"
             )
+        if sensitivities == "actor" and (collection == "single" or not core.startswith("rtrl")):
+            raise ValueError(
+                f"sensitivities='actor' needs collection 'sync' or 'async' and an RTRL core, got "
+                f"collection={collection!r}, core={core!r}"
+            )
+        if collection == "single" and num_workers != 1:
+            raise ValueError(
+                f"num_workers={num_workers} needs collection 'sync' or 'async' (single: 1 worker)"
+            )
         if env_options and "seed" in env_options:
             raise ValueError("set the seed with seed (rank r uses seed + 1000·r), not with env_options.seed")
         self.save_hyperparameters()
         if num_threads:
             torch.set_num_threads(num_threads)
+        if validate_every < 0:
+            raise ValueError(f"validate_every must be >= 0 (0: no validation), got {validate_every}")
         self.frames = 0
+        self.batch_frames = 0  # frames of the latest batch
+        self.best_validation = -math.inf  # best validation mean return so far (validate_every)
         self.history: list[dict[str, float]] = []
         self._resume: dict[str, Any] | None = None
         # The networks are built here (not in setup) so checkpoints load into them; envs come in setup.
@@ -135,11 +211,21 @@ class R2ACModule(LightningModule):
             core=core,
             hidden_size=hidden_size,
             embed_size=embed_size,
+            conv_scale=conv_scale,
+            init=init,
+            feedforward_layer=feedforward_layer,
             stem_checkpoint=stem_checkpoint,
+            stem_parts=stem_parts,
             freeze_stem=freeze_stem,
             **(
                 {"forget_bias": forget_bias}
                 if forget_bias is not None and core.startswith(("rtrl", "tbptt"))
+                else {}
+            ),
+            # Worker processes tag their envs with learner slots: exact RTRL per env slot across workers.
+            **(
+                {"slot_key": SLOT_KEY}
+                if collection != "single" and core.startswith(("rtrl", "tbptt"))
                 else {}
             ),
         )
@@ -163,12 +249,17 @@ class R2ACModule(LightningModule):
         build = make_eval_env if evaluation else make_env
         return build(hp.suite, hp.task, num_envs, **options)
 
-    def _add_agent_transforms(self, env):
+    def _agent_transforms(self) -> list:
         """What the agent reads besides the observation: the previous reward and, for recurrent
         cores, the primer of the carried cell state."""
-        env.append_transform(PreviousReward())
+        transforms = [PreviousReward(at_reset=self.hparams.prev_reward_at_reset)]
         if hasattr(self.agent.core, "make_tensordict_primer"):
-            env.append_transform(self.agent.core.make_tensordict_primer())
+            transforms.append(self.agent.core.make_tensordict_primer())
+        return transforms
+
+    def _add_agent_transforms(self, env):
+        for transform in self._agent_transforms():
+            env.append_transform(transform)
         return env
 
     @property
@@ -182,11 +273,26 @@ class R2ACModule(LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.collector is not None:
             return
-        seed = self.hparams.seed + 1000 * self.global_rank
+        hp = self.hparams
+        seed = hp.seed + 1000 * self.global_rank
         torch.manual_seed(seed)
-        env = self._add_agent_transforms(self._make_env(self.hparams.num_envs, seed))
-        collector = make_collector(env, self.actor, self.hparams.segment_length)
-        self._runtime.update(env=env, collector=collector, batches=iter(collector))
+        if hp.collection == "single":
+            env = self._add_agent_transforms(self._make_env(hp.num_envs, seed))
+            collector = make_collector(env, self.actor, hp.segment_length)
+        else:  # this rank's workers build their own envs (worker w: seed + 100·w)
+            env, options = None, hp.env_options or {}
+            factories = [
+                env_factory(
+                    hp.suite, hp.task, hp.num_envs, self._agent_transforms(), **options, seed=seed + 100 * w
+                )
+                for w in range(hp.num_workers)
+            ]
+            collector = make_collector(
+                factories, self.actor, hp.segment_length, mode=hp.collection, num_workers=hp.num_workers,
+                num_envs=hp.num_envs, sensitivities=hp.sensitivities,
+            )  # fmt: skip
+        batches = segments(collector, self.actor, hp.weight_update_interval)
+        self._runtime.update(env=env, collector=collector, batches=batches)
 
     def on_train_start(self) -> None:
         # Lightning restores a checkpoint after setup(): continue the episodes it was running.
@@ -204,7 +310,9 @@ class R2ACModule(LightningModule):
 
     @property
     def updates_per_run(self) -> int:
-        return math.ceil(self.hparams.total_frames / (self.hparams.num_envs * self.hparams.segment_length))
+        hp = self.hparams
+        rows = hp.num_envs * (hp.num_workers if hp.collection == "sync" else 1)
+        return math.ceil(hp.total_frames / (rows * hp.segment_length))
 
     # ------------------------------------------------------------------------------------ training
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
@@ -215,6 +323,7 @@ class R2ACModule(LightningModule):
         total, metrics = loss_and_metrics(self.loss, batch)
         self.last_loss = total.detach()  # read by recipes.callbacks.DivergenceGuard
         self.frames += batch.numel()
+        self.batch_frames = batch.numel()  # all workers' rows in "sync" collection
         log = {f"train/{k}": v for k, v in metrics.items()}
         log["train/loss"] = total.detach()
         log["frames"] = float(self.frames * self.trainer.world_size)
@@ -264,9 +373,13 @@ class R2ACModule(LightningModule):
         # RTRL module's state_dict) are saved by Lightning; add the actor side and the counters.
         checkpoint["r2ac"] = {
             "frames": self.frames,
+            "best_validation": self.best_validation,
             "history": self.history,
             # plain nested dicts of tensors, so Lightning can load the checkpoint with weights_only=True
-            "actor_carrier": None if self.collector is None else self.collector._carrier.to_dict(),
+            # (multi-process collection: the actors' state lives in the workers and is not saved)
+            "actor_carrier": None
+            if getattr(self.collector, "_carrier", None) is None
+            else self.collector._carrier.to_dict(),
             "env_state": self._env_state(),
             "rng": torch.get_rng_state(),
         }
@@ -274,6 +387,7 @@ class R2ACModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("r2ac", {})
         self.frames = int(state.get("frames", 0))
+        self.best_validation = float(state.get("best_validation", -math.inf))
         self.history = list(state.get("history", []))
         self._resume = state
 
@@ -287,7 +401,7 @@ class R2ACModule(LightningModule):
         cannot be snapshotted (Atari, ProcGen) restart their episodes."""
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"])
-        base = self.env.base_env
+        base = None if self.env is None else self.env.base_env  # None: the workers' envs restart
         if state.get("env_state") is None or not hasattr(base, "load_episode_state"):
             # The episodes restart: no segment will continue the carried ones.
             if hasattr(self.agent.core, "reset_sensitivities"):
@@ -300,44 +414,43 @@ class R2ACModule(LightningModule):
 
     # ------------------------------------------------------------------------------------ evaluation
     def greedy_evaluation(self, num_episodes: int | None = None) -> dict[str, float]:
-        """Mean greedy (argmax) return: ProcGen on its level sets, other suites on fresh envs.
-        ``num_episodes`` (default ``eval_episodes``) is the number of episodes (per level set)."""
+        """Mean greedy (argmax) return by :func:`~rtrl_modules.envs.evaluation_plan` (``eval_protocol``):
+        ProcGen per level set plus ``"test_mean"``; other suites ``"greedy_return"`` (and, for the
+        official protocol's repeated runs, each run's mean as ``"run_<k>"``). ``num_episodes``
+        (default ``eval_episodes``; 0 = none) is the number of episodes per set; the official
+        protocol uses its own counts unless ``num_episodes`` is given."""
         hp = self.hparams
         episodes = hp.eval_episodes if num_episodes is None else num_episodes
         if episodes <= 0:
             return {}
-        seed = hp.seed + 10_000
+        official = hp.eval_protocol == "official"
+        plan = evaluation_plan(hp.suite, hp.eval_protocol, num_episodes if official else episodes)
+        returns = {part.name: self.greedy_returns(part.episodes, **part.options) for part in plan}
+        results = {name: float(r.mean()) for name, r in returns.items() if name}
         if hp.suite == "procgen":
-            options = {
-                k: v for k, v in (hp.env_options or {}).items() if k not in ("num_levels", "start_level")
-            }
-            return evaluate_procgen(
-                self.actor,
-                hp.task,
-                num_envs=min(8, episodes),
-                num_episodes=episodes,
-                env_transform=self._add_agent_transforms,
-                **options,
-            )
-        env = self._add_agent_transforms(self._make_env(min(hp.num_envs, episodes), seed, evaluation=True))
-        returns = evaluate(env, self.actor, episodes)
-        env.close()
-        return {"greedy_return": float(returns.mean())}
+            tests = [v for k, v in results.items() if k.startswith("test")]
+            results["test_mean"] = sum(tests) / len(tests)
+        else:
+            results["greedy_return"] = float(torch.cat(list(returns.values())).mean())
+        return results
 
     def greedy_returns(
         self,
         num_episodes: int,
         *,
         level_set: str | None = None,
+        run: int = 0,
         max_steps: int | None = None,
         policy: Any = None,
+        env_options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Returns of ``num_episodes`` greedy episodes, float32 ``[N]`` (fewer if ``max_steps`` stops
         first), with the envs, seeds and batch size of :meth:`greedy_evaluation` (same numbers).
-        ProcGen plays ``level_set`` (default: the training config's levels). ``policy`` wraps the actor
-        (``recipes.evaluate`` records frames with it)."""
+        ProcGen plays ``level_set`` (default: the training config's levels); other suites use the
+        evaluation seed ``seed + 10_000 + run``. ``env_options`` update the config's (validation).
+        ``policy`` wraps the actor (``recipes.evaluate`` records frames with it)."""
         hp = self.hparams
-        options = dict(hp.env_options or {})
+        options = {**(hp.env_options or {}), **(env_options or {})}
         if hp.suite == "procgen":
             if level_set is not None:
                 options = {k: v for k, v in options.items() if k not in ("num_levels", "start_level")}
@@ -346,13 +459,43 @@ class R2ACModule(LightningModule):
         else:
             if level_set is not None:
                 raise ValueError(f"level_set is for ProcGen only (suite {hp.suite!r})")
-            options["seed"] = hp.seed + 10_000
+            options["seed"] = hp.seed + 10_000 + run
             num_envs = min(hp.num_envs, num_episodes)
+        if "+" in hp.task:  # multi-task ProcGen: one env per game at least, the same number each
+            games = len(hp.task.split("+"))
+            num_envs = games * max(1, num_envs // games)
         env = self._add_agent_transforms(make_eval_env(hp.suite, hp.task, num_envs, **options))
         try:
             return evaluate(env, policy or self.actor, num_episodes, max_steps=max_steps)
         finally:
             env.close()
+
+    # ------------------------------------------------------------------------------------ validation
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Every ``validate_every`` frames: greedy validation; a new best is saved as ``best.ckpt``."""
+        every = self.hparams.validate_every
+        if not every or (self.frames // every) == ((self.frames - self.batch_frames) // every):
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                returns = self.greedy_returns(
+                    self.hparams.validation_episodes, env_options=self.hparams.validation_env_options
+                )
+        finally:
+            self.train(was_training)
+        value = returns.mean().to(self.device)
+        if self.trainer.world_size > 1:  # every rank validates on its own envs; one decision
+            value = self.all_gather(value).mean()
+        self.log("val/greedy_return", value, on_step=True, batch_size=1)
+        if float(value) > self.best_validation:
+            self.best_validation = float(value)
+            callback = self.trainer.checkpoint_callback
+            folder = Path(callback.dirpath) if callback is not None and callback.dirpath else (
+                Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
+            )
+            self.trainer.save_checkpoint(folder / "best.ckpt")
 
     # ``recipes test|validate --config <cfg> --ckpt_path <ckpt>``: one dummy batch, one greedy evaluation.
     DEFAULT_TEST_EPISODES = 10  # when the config's eval_episodes is 0

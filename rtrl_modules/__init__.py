@@ -5,8 +5,28 @@ dense and multi-layer references) → ``modules`` (TorchRL) → ``objectives`` �
 (the plain loop) → ``recipes`` (Lightning, outside the package).
 """
 
-from .cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
-from .core import ELSTM, GRADIENT_MODES, LRU, SRU, IndRNN, RTRLCore, check_rtrl_gradients
+from .cells import (
+    BlockElementwiseCell,
+    ComplexLRUCell,
+    ElementwiseCell,
+    ELSTMCell,
+    IndRNNCell,
+    LRUCell,
+    RTUCell,
+    SRUCell,
+)
+from .core import (
+    ELSTM,
+    GRADIENT_MODES,
+    LRU,
+    RTU,
+    SRU,
+    BlockRTRLCore,
+    ComplexLRU,
+    IndRNN,
+    RTRLCore,
+    check_rtrl_gradients,
+)
 from .limits import FullyRecurrentRNN, StackedELSTM, fidelity_sweep, gradient_fidelity
 from .modules import (
     RECURRENT_KINDS,
@@ -36,6 +56,12 @@ __all__ = [
     "IndRNN",
     "LRU",
     "SRU",
+    "BlockElementwiseCell",
+    "RTUCell",
+    "ComplexLRUCell",
+    "BlockRTRLCore",
+    "RTU",
+    "ComplexLRU",
     "GRADIENT_MODES",
     "check_rtrl_gradients",
     "FullyRecurrentRNN",

@@ -132,6 +132,7 @@ class CarriedSensitivities:
             self.__init__()
             return
         idx = torch.as_tensor(slots, dtype=torch.long, device=self.has_start.device)
+        idx = idx[idx < self.num_slots]  # slots the store never had hold nothing to forget
         self.has_start[idx] = False
         self.has_end[idx] = False
         self.free[idx] = True
@@ -160,6 +161,32 @@ class CarriedSensitivities:
             setattr(self, name, state[name])
         self.max_rows = self.num_slots
 
+    def offer(
+        self, slots: Tensor, end_c: Tensor, sensitivities: TensorDict, shapes: dict[str, torch.Size]
+    ) -> None:
+        """Sensitivities computed elsewhere (e.g. by the actors): for each env slot in ``slots`` [B],
+        record a segment that ended at ``end_c`` [B, N] with S_T = ``sensitivities`` [B, ...]. A later
+        row that starts at ``end_c`` (bit for bit) in that slot continues it exactly from them."""
+        slots = torch.as_tensor(slots, dtype=torch.long, device=end_c.device)
+        if slots.numel() == 0:
+            return
+        needed = int(slots.max()) + 1
+        if self.start is None:
+            self._allocate(needed, shapes, end_c.shape[-1], end_c)
+        elif needed > self.num_slots:
+            self._grow(needed - self.num_slots)
+        self._check_compatible(end_c, shapes)
+        if self._pinned(self.end):
+            self.end = self.end.clone()
+        self.end[slots] = sensitivities.to(end_c.dtype)
+        self.end_c[slots] = end_c
+        self.end_exact[slots] = True
+        self.has_end[slots] = True
+        self.has_start[slots] = False
+        self.start_episode[slots] = False
+        self.free[slots] = False
+        self.max_rows = max(self.max_rows, slots.numel())
+
     def nbytes(self) -> int:
         """Bytes held (all slots)."""
         if self.start is None:
@@ -179,11 +206,15 @@ class CarriedSensitivities:
         restarts: Tensor,
         tail: Tensor,
         shapes: dict[str, torch.Size],
+        named_slots: bool = False,
     ) -> Plan:
         """Decide S_0 and where S_T goes for each row of a gradient-enabled call.
 
         Args:
             hints: [B] long, each row's own slot (its row index, or the batch's slot key).
+            named_slots: the hints name each row's env slot (a slot key), so a row that starts an
+                episode restarts its env's chain in its own slot; with row-index hints (rows may be
+                reordered) it first looks for the same segment trained before in another slot.
             c0: [B, N] the stored (actor) state at t = 0; end_c: [B, N] the actor's state at the end
                 (None when the batch does not hold it).
             starts_episode: [B] bool, ``is_init`` at t = 0 with a zero state.
@@ -214,7 +245,8 @@ class CarriedSensitivities:
         rep = middle & ~cont & same_start & ~self.start_episode[h]
         rep_episode = starts_episode & self.start_episode[h] & same_start & same_end
         pending = None
-        if end_c is None:  # the same episode start again, or another one: told by the end, in commit
+        if end_c is None and not named_slots:
+            # The same episode start again, or another one: told by the end, in commit.
             pending = starts_episode & keeps_tail
 
         read = torch.where(cont | rep, h, -1)
@@ -249,12 +281,15 @@ class CarriedSensitivities:
                 if int(tail[b]) == 1:  # truncated at t = 0, but a new episode starts later in the row
                     claims.append(b)
         for b in claims:
+            used = set(write[write >= 0].tolist()) | set(read[read >= 0].tolist())
+            if named_slots and int(hints[b]) not in used:  # the env's own slot: its chain restarts there
+                write[b] = self._claim(int(hints[b]), used, own=True)
+                continue
             # The same episode-start segment trained before (in another slot: rows were reordered)?
             same = -1 if end_c is None or not bool(starts_episode[b]) else self._find_episode(end_c[b], True)
             if same >= 0:
                 write[b] = same
                 continue
-            used = set(write[write >= 0].tolist()) | set(read[read >= 0].tolist())
             write[b] = self._claim(int(hints[b]), used)
 
         touched = torch.cat((read[read >= 0], write[write >= 0]))
@@ -377,11 +412,12 @@ class CarriedSensitivities:
         slots = found.nonzero().flatten()
         return int(slots[0]) if slots.numel() else -1
 
-    def _claim(self, hint: int, used: set[int]) -> int:
-        """A slot for a new chain: the row's own if free (or new), else any free one, else a new one (up
-        to twice the largest batch), else the least recently used one (-1 if this call uses them all)."""
+    def _claim(self, hint: int, used: set[int], own: bool = False) -> int:
+        """A slot for a new chain: the row's own if free (or new, or ``own``: the hint names the row's
+        env), else any free one, else a new one (up to twice the largest batch), else the least
+        recently used one (-1 if this call uses them all)."""
         free = self.free | ~self.has_end
-        if hint < self.num_slots and bool(free[hint]) and hint not in used:
+        if hint < self.num_slots and (own or bool(free[hint])) and hint not in used:
             return hint
         if hint >= self.num_slots:  # a new env slot named by the batch (slot_key)
             self._grow(hint + 1 - self.num_slots)

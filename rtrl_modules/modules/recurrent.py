@@ -477,6 +477,13 @@ class RTRLModule(TensorDictModuleBase):
         """Restore what :meth:`get_sensitivities` returned."""
         self.carried.load(state)
 
+    def offer_sensitivities(self, slots: Tensor, c0: Tensor, sensitivities: TensorDict) -> None:
+        """Sensitivities computed elsewhere (actor-carried RTRL): the segment of env slot ``slots[b]``
+        that starts at state ``c0[b]`` ([B], [B, N]) starts from S_0 = ``sensitivities[b]``
+        ([B, *parameter shape] by name). The next gradient-enabled call whose row starts there (bit for
+        bit) uses it exactly like a segment end carried here."""
+        self.carried.offer(slots, c0.detach(), sensitivities.detach(), self.core.sensitivity_shapes())
+
     def get_extra_state(self) -> dict:
         # Part of state_dict(), so checkpoints restore the carried sensitivities with the weights.
         # Plain tensors only, so torch.load(..., weights_only=True) can read it.
@@ -623,9 +630,10 @@ class RTRLModule(TensorDictModuleBase):
         marks_episode = is_init & ~marks_restart
         tail = self._tails(is_init, marks_restart)
         end_c = None if collected is None else collected[:, -1]
+        hints, named_slots = self._hints(td, c0)
         plan = self.carried.resolve(
-            self._hints(td, c0), c0, end_c, marks_episode[:, 0], marks_restart[:, 0], tail,
-            self.core.sensitivity_shapes(),
+            hints, c0, end_c, marks_episode[:, 0], marks_restart[:, 0], tail,
+            self.core.sensitivity_shapes(), named_slots,
         )  # fmt: skip
         later_episodes, later_restarts = int(marks_episode[:, 1:].sum()), int(marks_restart[:, 1:].sum())
         self._report(plan.causes, later_episodes, later_restarts, c0.shape[0])
@@ -661,11 +669,12 @@ class RTRLModule(TensorDictModuleBase):
         restart = marks_restart.gather(1, last.unsqueeze(1)).squeeze(1).long()
         return torch.where(last > 0, 1 + restart, 0)
 
-    def _hints(self, td: TensorDictBase, c0: Tensor) -> Tensor:
-        """Each row's own slot: its row index, or ``td[slot_key][:, 0]``."""
+    def _hints(self, td: TensorDictBase, c0: Tensor) -> tuple[Tensor, bool]:
+        """Each row's own slot, and whether the batch names it: ``td[slot_key][:, 0]`` (True) or the
+        row index (False)."""
         batch = c0.shape[0]
         if self.slot_key is None or self.slot_key not in td.keys(include_nested=True):
-            return torch.arange(batch, device=c0.device)
+            return torch.arange(batch, device=c0.device), False
         slots = td.get(self.slot_key).reshape(batch, -1)[:, 0].long().to(c0.device)
         if bool((slots < 0).any()):
             raise ValueError(f"{type(self).__name__}: {self.slot_key!r} holds negative env slots")
@@ -674,7 +683,7 @@ class RTRLModule(TensorDictModuleBase):
                 f"{type(self).__name__}: two rows of the batch name the same env slot in "
                 f"{self.slot_key!r}; each row must be a different env's segment"
             )
-        return slots
+        return slots, True
 
     def _report(self, causes: list[str], episodes: int, restarts: int, rows: int) -> None:
         """Count segment starts (t = 0 of each row, and the ``episodes`` and ``restarts`` marked by

@@ -121,8 +121,14 @@ class R2ACLoss(LossModule):
                     f"the segment has no {key!r} entry; keys are {sorted(map(str, tensordict.keys()))}"
                 )
 
+        # With the actor's ("next", state) (an output, not an input, of the network) the RTRL module
+        # identifies each segment's continuation bit for bit, also when the actor acted with older
+        # weights than the learner's (decoupled actors; docs/torchrl.md).
+        actor_states = [k for k in self.agent_network.out_keys if isinstance(k, tuple) and k[0] == "next"]
         with set_recurrent_mode(True):
-            out = self.agent_network(tensordict.select(*self.agent_network.in_keys, strict=False))
+            out = self.agent_network(
+                tensordict.select(*self.agent_network.in_keys, *actor_states, strict=False)
+            )
             with torch.no_grad():  # value of the observation after the segment (no gradient, no RTRL carry)
                 last = tensordict["next"][:, -1:].select(*self.agent_network.in_keys, strict=False)
                 bootstrap = self.agent_network(last).get(keys.value)

@@ -190,3 +190,38 @@ def test_baselines_factory_shares_one_interface(kind):
         if kind == "lstm":
             td = td.exclude("recurrent_state")
         assert m(td)["y"].shape == (2, 4, N)
+
+
+def _acted(module, x, is_init, state):
+    """What a collector gives the learner: [B, T] with the actor's recurrent_state and its
+    ("next", recurrent_state), acting step by step from ``state`` [B, N]."""
+    steps = []
+    for t in range(x.shape[1]):
+        state = torch.where(is_init[:, t], torch.zeros_like(state), state)
+        td = TensorDict(x=x[:, t], is_init=is_init[:, t], recurrent_state=state, batch_size=[x.shape[0]])
+        with torch.no_grad():
+            module(td)
+        state = td["next", "recurrent_state"]
+        steps.append(td)
+    return torch.stack(steps, 1), state
+
+
+def test_named_slots_keep_envs_apart_when_their_segments_are_identical():
+    """Two envs whose episode-start segments are bit-for-bit the same, one call apart: with a slot key
+    each restarts its chain in its own slot, so neither continuation is ambiguous."""
+    gen = torch.Generator().manual_seed(3)
+    m = ELSTMModule(D, N, in_key="x", out_key="y", slot_key="env_slot").double()
+    first = torch.randn(1, 3, D, generator=gen, dtype=torch.float64)
+    x = [torch.randn(2, 3, D, generator=gen, dtype=torch.float64) for _ in range(3)]
+    x[0][0] = first[0]  # env 0 starts an episode with this segment in call 1 ...
+    x[1][1] = first[0]  # ... and env 1 with the same segment in call 2
+    starts = [torch.tensor([True, True]), torch.tensor([False, True]), torch.tensor([False, False])]
+    state = torch.zeros(2, N, dtype=torch.float64)
+    for k in range(3):
+        is_init = torch.zeros(2, 3, 1, dtype=torch.bool)
+        is_init[:, 0, 0] = starts[k]
+        batch, state = _acted(m, x[k], is_init, state)
+        batch["env_slot"] = torch.arange(2)[:, None].expand(2, 3)
+        with set_recurrent_mode(True):
+            m(batch)["y"].sum().backward()
+    assert m.segment_starts == {"exact": 6, "truncated": 0}, dict(m.truncation_causes)
