@@ -178,3 +178,68 @@ class RecurrentCoreBase(nn.Module):
                 )
             out[key] = value.to(x.dtype).detach()
         return out
+
+
+class CellCore(RecurrentCoreBase):
+    """A core that runs one cell (``self.cell``: ``input_size``, ``hidden_size``, ``output_size``,
+    ``weight_ih``, ``rtrl_parameters()``): the plumbing the element-wise and the block cores share.
+
+    A subclass sets ``cell_type`` and runs its recurrence between :meth:`_carried` (c_0 and S_0 from
+    the state) and :meth:`_new_state` (the detached state to return).
+    """
+
+    cell_type: ClassVar[type[nn.Module]] = nn.Module
+
+    def __init__(self, cell: nn.Module, gradient: str = "rtrl") -> None:
+        super().__init__()
+        if not isinstance(cell, self.cell_type):
+            raise TypeError(f"cell must be a {self.cell_type.__name__}, got {type(cell).__name__}")
+        self.cell = cell
+        self.gradient = self.check_gradient(gradient)
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    def _reference_parameter(self) -> Tensor:
+        return self.cell.weight_ih
+
+    def _carried(self, state, batch: int, x: Tensor, keep: Tensor, gradient: str, track: bool):
+        """(c_0, S_0 by parameter name or None) from the carried state (S_0 only where it is needed)."""
+        c0 = self._read_state(state, batch, x)[STATE_KEY]
+        if gradient == "tbptt" or not (track or torch.is_grad_enabled()):
+            return c0, None
+        sens = self._read_sensitivities(state, batch, x, keep, gradient)
+        return c0, None if sens is None else {key[-1]: s for key, s in sens.items()}
+
+    def _checked_restart(self, restart_state: Tensor | None, x: Tensor) -> Tensor | None:
+        """``restart_state`` [B, T, *state shape], checked, detached, in x's dtype (None stays None)."""
+        if restart_state is None:
+            return None
+        expected = (*x.shape[:2], *self.state_shapes()[STATE_KEY])
+        if restart_state.shape != expected:
+            raise ValueError(
+                f"restart_state must have shape [B, T, *state] = {list(expected)}, "
+                f"got {list(restart_state.shape)}"
+            )
+        return restart_state.to(x.dtype).detach()
+
+    @staticmethod
+    def _new_state(c_seq: Tensor, sens: dict[str, Tensor] | None) -> TensorDict:
+        """The detached state after a segment: c_T and, when tracked, S_T by parameter name."""
+        batch = c_seq.shape[0]
+        state = TensorDict({STATE_KEY: c_seq[:, -1].detach()}, batch_size=[batch], device=c_seq.device)
+        if sens is not None:
+            state[SENSITIVITY_KEY] = TensorDict({name: s.detach() for name, s in sens.items()}, [batch])
+        return state
+
+    def extra_repr(self) -> str:
+        return f"gradient={self.gradient!r}"

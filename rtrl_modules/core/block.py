@@ -21,14 +21,14 @@ from torch import Tensor
 
 from ..cells.block import BlockElementwiseCell
 from ..cells.complex_diagonal import ComplexLRUCell, RTUCell
-from .base import SENSITIVITY_KEY, STATE_KEY, RecurrentCoreBase
+from .base import STATE_KEY, CellCore
 from .block_functional import block_recurrence
 from .functional import GradientMode
 
 __all__ = ["BlockRTRLCore", "RTU", "ComplexLRU"]
 
 
-class BlockRTRLCore(RecurrentCoreBase):
+class BlockRTRLCore(CellCore):
     """Recurrent core over a :class:`~rtrl_modules.cells.BlockElementwiseCell`, trained by exact RTRL.
 
     Args:
@@ -36,27 +36,7 @@ class BlockRTRLCore(RecurrentCoreBase):
         gradient: default gradient mode, ``"rtrl"`` (segment form), ``"rtrl_stepwise"`` or ``"tbptt"``.
     """
 
-    def __init__(self, cell: BlockElementwiseCell, gradient: GradientMode = "rtrl") -> None:
-        super().__init__()
-        if not isinstance(cell, BlockElementwiseCell):
-            raise TypeError(f"cell must be a BlockElementwiseCell, got {type(cell).__name__}")
-        self.cell = cell
-        self.gradient = self.check_gradient(gradient)
-
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.cell.output_size
-
-    def _reference_parameter(self) -> Tensor:
-        return self.cell.weight_ih
+    cell_type = BlockElementwiseCell
 
     def state_shapes(self) -> dict[NestedKey, torch.Size]:
         """``"c"``: [m, N] per example."""
@@ -96,33 +76,14 @@ class BlockRTRLCore(RecurrentCoreBase):
         if track_sensitivities is None:
             track_sensitivities = torch.is_grad_enabled()
         track_sensitivities = track_sensitivities and gradient != "tbptt"
-        c0 = self._read_state(state, batch, x)[STATE_KEY]
-        sens0 = None
-        if gradient != "tbptt" and (track_sensitivities or torch.is_grad_enabled()):
-            sens = self._read_sensitivities(state, batch, x, keep, gradient)
-            sens0 = None if sens is None else {key[-1]: s for key, s in sens.items()}
-        if restart_state is not None:
-            expected = (*x.shape[:2], *self.cell.state_shape)
-            if restart_state.shape != expected:
-                raise ValueError(
-                    f"restart_state must have shape [B, T, m, N] = {list(expected)}, "
-                    f"got {list(restart_state.shape)}"
-                )
-            restart_state = restart_state.to(x.dtype).detach()
+        c0, sens0 = self._carried(state, batch, x, keep, gradient, track_sensitivities)
+        restart_state = self._checked_restart(restart_state, x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             c_seq, sens = block_recurrence(
                 self.cell, x, c0, keep, sens0, gradient, track_sensitivities, restart_state
             )
-        out = self.cell.output(x, c_seq)
-        new_state = TensorDict({STATE_KEY: c_seq[:, -1].detach()}, batch_size=[batch], device=x.device)
-        if sens is not None:
-            new_state[SENSITIVITY_KEY] = TensorDict(
-                {name: s.detach() for name, s in sens.items()}, batch_size=[batch]
-            )
+        out, new_state = self.cell.output(x, c_seq), self._new_state(c_seq, sens)
         return (out, new_state, c_seq) if return_states else (out, new_state)
-
-    def extra_repr(self) -> str:
-        return f"gradient={self.gradient!r}"
 
 
 class RTU(BlockRTRLCore):

@@ -128,6 +128,52 @@ def check_rtrl_gradients(
     return report
 
 
+def check_restart_gradients(
+    core: RTRLCore,
+    gradient: str = "rtrl",
+    batch_size: int = 4,
+    segment_lengths: Sequence[int] = (4, 1, 6, 3),
+    seed: int = 4,
+    tolerance: float = 1e-9,
+) -> dict[str, float]:
+    """``restart_state``: at ``is_init`` steps the state restarts from a given constant instead of
+    zero. Across segments with carried sensitivities, ``gradient`` must equal BPTT that restarts
+    there too (float64; an episode start inside the sequence and one at a segment start).
+
+    Returns the relative errors by parameter; raises AssertionError beyond ``tolerance``.
+    """
+    dtype, device = core.cell.weight_ih.dtype, core.cell.weight_ih.device
+    gen = torch.Generator().manual_seed(seed)
+    steps = sum(segment_lengths)
+    x = torch.randn(batch_size, steps, core.input_size, dtype=dtype, generator=gen)
+    is_init = torch.rand(batch_size, steps, generator=gen) < 0.2
+    is_init[:, 0] = True
+    is_init[1, segment_lengths[0]] = True  # at a segment start
+    restart = torch.randn(batch_size, steps, *core.state_shapes()["c"], dtype=dtype, generator=gen)
+    restart[:, 0] = 0
+    weights = torch.randn(batch_size, steps, core.output_size, dtype=dtype, generator=gen)
+    x, is_init, restart, weights = (t.to(device) for t in (x, is_init, restart, weights))
+    if not bool((restart[is_init] != 0).any()):
+        raise AssertionError("the restarts are all zero: the check would have no teeth")
+
+    core.zero_grad()
+    state, start = core.initial_state(batch_size), 0
+    for length in segment_lengths:
+        window = slice(start, start + length)
+        out, state = core(x[:, window], state, is_init[:, window], gradient, restart_state=restart[:, window])
+        _loss(out, weights[:, window]).backward()
+        start += length
+    got = {name: p.grad.clone() for name, p in core.named_parameters()}
+    core.zero_grad()
+    out, _ = bptt_reference(core, x, is_init, restart=restart)
+    _loss(out, weights).backward()
+    errors = _relative_errors(got, {name: p.grad for name, p in core.named_parameters()})
+    bad = {name: err for name, err in errors.items() if not err <= tolerance}
+    if bad:
+        raise AssertionError(f"{gradient!r} with restarts differs from BPTT beyond {tolerance:g}: {bad}")
+    return errors
+
+
 def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     """Bytes of the tensors autograd keeps for backward while ``fn()`` runs (a memory diagnostic)."""
     total = 0

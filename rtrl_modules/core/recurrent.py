@@ -18,7 +18,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from ..cells import ElementwiseCell, ELSTMCell, IndRNNCell, LRUCell, SRUCell
-from .base import SENSITIVITY_KEY, STATE_KEY, RecurrentCoreBase
+from .base import SENSITIVITY_KEY, STATE_KEY, CellCore
 from .functional import GradientMode, elementwise_recurrence
 
 __all__ = ["STATE_KEY", "SENSITIVITY_KEY", "RTRLCore", "ELSTM", "IndRNN", "LRU", "SRU"]
@@ -69,7 +69,7 @@ class SensitivityBuffers:
         return {"size": self.size, "_buffers": []}
 
 
-class RTRLCore(RecurrentCoreBase):
+class RTRLCore(CellCore):
     """Recurrent core over an :class:`~rtrl_modules.cells.ElementwiseCell`, trained by exact RTRL.
 
     Args:
@@ -79,28 +79,11 @@ class RTRLCore(RecurrentCoreBase):
             the paper's algorithm) or ``"tbptt"`` (truncated at each call).
     """
 
+    cell_type = ElementwiseCell
+
     def __init__(self, cell: ElementwiseCell, gradient: GradientMode = "rtrl") -> None:
-        super().__init__()
-        if not isinstance(cell, ElementwiseCell):
-            raise TypeError(f"cell must be an ElementwiseCell, got {type(cell).__name__}")
-        self.cell = cell
-        self.gradient = self.check_gradient(gradient)
+        super().__init__(cell, gradient)
         self.buffers = SensitivityBuffers()
-
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.cell.output_size
-
-    def _reference_parameter(self) -> Tensor:
-        return self.cell.weight_ih
 
     def sensitivity_shapes(self) -> dict[str, torch.Size]:
         """Per-example sensitivity shape of each RTRL-trained parameter."""
@@ -143,32 +126,18 @@ class RTRLCore(RecurrentCoreBase):
         if track_sensitivities is None:
             track_sensitivities = torch.is_grad_enabled() and gradient != "tbptt"
         track_sensitivities = track_sensitivities and gradient != "tbptt"
-        c0, sens0 = self._check_state(state, batch, x, keep, gradient, track_sensitivities)
+        c0, sens0 = self._carried(state, batch, x, keep, gradient, track_sensitivities)
 
         out_buffer = self._check_sensitivity_out(sensitivity_out, batch, x, sens0)
         if out_buffer is None and track_sensitivities and gradient == "rtrl":
             out_buffer = self.buffers.get((batch, *self.cell.weight_ih.shape), x)
-        if restart_state is not None:
-            if restart_state.shape != (*x.shape[:2], self.hidden_size):
-                raise ValueError(
-                    f"restart_state must have shape [B, T, N] = {[*x.shape[:2], self.hidden_size]}, "
-                    f"got {list(restart_state.shape)}"
-                )
-            restart_state = restart_state.to(x.dtype).detach()
+        restart_state = self._checked_restart(restart_state, x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             c_seq, sens = elementwise_recurrence(
                 self.cell, x, c0, keep, sens0, gradient, track_sensitivities, out_buffer, restart_state
             )
-        out = self.cell.output(x, c_seq)
-
-        new_state = TensorDict({STATE_KEY: c_seq[:, -1].detach()}, batch_size=[batch], device=x.device)
-        if sens is not None:
-            new_state[SENSITIVITY_KEY] = TensorDict(
-                {name: s.detach() for name, s in sens.items()}, batch_size=[batch]
-            )
-        if return_states:
-            return out, new_state, c_seq
-        return out, new_state
+        out, new_state = self.cell.output(x, c_seq), self._new_state(c_seq, sens)
+        return (out, new_state, c_seq) if return_states else (out, new_state)
 
     # ----------------------------------------------------------------------------- checks
     def _check_sensitivity_out(self, out: Tensor | None, batch: int, x: Tensor, sens0) -> Tensor | None:
@@ -186,17 +155,6 @@ class RTRLCore(RecurrentCoreBase):
                 "sensitivity_out shares memory with the state's sensitivities (S_0 is still needed)"
             )
         return out
-
-    def _check_state(self, state, batch, x, keep, gradient, track):
-        """(c_0, S_0 by parameter name or None) from the carried state; see RecurrentCoreBase."""
-        c0 = self._read_state(state, batch, x)[STATE_KEY]
-        if gradient == "tbptt" or not (track or torch.is_grad_enabled()):
-            return c0, None
-        sens = self._read_sensitivities(state, batch, x, keep, gradient)
-        return c0, None if sens is None else {key[-1]: s for key, s in sens.items()}
-
-    def extra_repr(self) -> str:
-        return f"gradient={self.gradient!r}"
 
 
 class ELSTM(RTRLCore):

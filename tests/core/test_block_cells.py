@@ -7,7 +7,7 @@ import torch
 
 import rtrl_modules as rm
 from rtrl_modules.cells import BlockElementwiseCell, ComplexDiagonalCell
-from rtrl_modules.core import bptt_reference
+from rtrl_modules.core.gradcheck import bptt_reference, check_restart_gradients
 
 CORES = {
     "linear_rtu": functools.partial(rm.RTU, activation="relu"),
@@ -134,33 +134,8 @@ def test_segment_and_stepwise_carry_equal_state_and_sensitivities():
 def test_restart_from_a_stored_state_is_a_truncation_float64(name, mode):
     """``restart_state``: RTRL across segments equals BPTT that restarts from the same constants."""
     torch.manual_seed(3)
-    core = CORES[name](3, 6).double()
-    batch, split = 4, (4, 1, 6, 3)
-    steps = sum(split)
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(batch, steps, 3, dtype=torch.float64, generator=gen)
-    is_init = torch.rand(batch, steps, generator=gen) < 0.2
-    is_init[:, 0] = True
-    is_init[1, 4] = True  # at a segment start
-    restart = torch.randn(batch, steps, 2, 6, dtype=torch.float64, generator=gen)
-    restart[:, 0] = 0
-    weights = torch.randn(batch, steps, core.output_size, dtype=torch.float64, generator=gen)
-
-    state, start = core.initial_state(batch), 0
-    for length in split:
-        window = slice(start, start + length)
-        out, state = core(x[:, window], state, is_init[:, window], mode, restart_state=restart[:, window])
-        ((out * weights[:, window]).sum() + out.sin().pow(2).sum()).backward()
-        start += length
-    got = {name: p.grad.clone() for name, p in core.named_parameters()}
-
-    core.zero_grad()
-    out, _ = bptt_reference(core, x, is_init, restart=restart)
-    ((out * weights).sum() + out.sin().pow(2).sum()).backward()
-    for param_name, p in core.named_parameters():
-        err = float((got[param_name] - p.grad).norm() / p.grad.norm())
-        assert err <= 1e-9, (param_name, err)
-    assert bool((restart[is_init] != 0).any())
+    errors = check_restart_gradients(CORES[name](3, 6).double(), mode)
+    assert max(errors.values()) <= 1e-9
 
 
 @pytest.mark.parametrize("name", CORES)
