@@ -46,6 +46,8 @@ class SensitivityBuffers:
 
     def get(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A buffer of ``shape`` with ``like``'s dtype and device that nothing else refers to."""
+        if torch.compiler.is_compiling():  # traced graphs allocate their own outputs
+            return like.new_empty(shape)
         for buffer, alone in self._buffers:
             if (
                 buffer.shape == shape
