@@ -27,7 +27,35 @@ import torch
 from torch import Tensor, nn
 
 
-class ElementwiseCell(nn.Module):
+class CellBase(nn.Module):
+    """What every cell has: sizes, the input weight ``weight_ih`` [K·m·N, D] (K = ``num_gates``,
+    m = ``block_size``: 1 for scalar units) and the named recurrent parameters trained by RTRL."""
+
+    num_gates: int = 1
+    block_size: int = 1
+    recurrent_parameter_names: tuple[str, ...] = ()
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        if input_size <= 0 or hidden_size <= 0:
+            raise ValueError(
+                f"input_size and hidden_size must be positive, got {input_size} and {hidden_size}"
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        rows = self.num_gates * self.block_size * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size))
+
+    def recurrent_parameters(self) -> dict[str, Tensor]:
+        """The parameters passed to :meth:`step`, by name."""
+        return {name: getattr(self, name) for name in self.recurrent_parameter_names}
+
+    def rtrl_parameters(self) -> dict[str, Tensor]:
+        """Every parameter whose gradient comes from RTRL: ``weight_ih`` and the recurrent ones."""
+        return {"weight_ih": self.weight_ih, **self.recurrent_parameters()}
+
+
+class ElementwiseCell(CellBase):
     """Base class of element-wise recurrent cells (the math only; no time loop).
 
     Subclasses define:
@@ -42,30 +70,9 @@ class ElementwiseCell(nn.Module):
         output_size: size of ``output(x, c)``'s last dimension.
     """
 
-    num_gates: int = 1
-    recurrent_parameter_names: tuple[str, ...] = ()
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(
-                f"input_size and hidden_size must be positive, got {input_size} and {hidden_size}"
-            )
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(self.num_gates * hidden_size, input_size))
-
     @property
     def output_size(self) -> int:
         return self.hidden_size
-
-    def recurrent_parameters(self) -> dict[str, Tensor]:
-        """The parameters passed to :meth:`step`, by name."""
-        return {name: getattr(self, name) for name in self.recurrent_parameter_names}
-
-    def rtrl_parameters(self) -> dict[str, Tensor]:
-        """Every parameter whose gradient comes from RTRL: ``weight_ih`` and the recurrent ones."""
-        return {"weight_ih": self.weight_ih, **self.recurrent_parameters()}
 
     def step(self, pre: Tensor, c_prev: Tensor, **params: Tensor) -> Tensor:
         """One recurrence step, element-wise over the last dimension.

@@ -28,10 +28,12 @@ block); cells may override it with closed forms.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from .base import CellBase
 
 
-class BlockElementwiseCell(nn.Module):
+class BlockElementwiseCell(CellBase):
     """Base class of block-diagonal element-wise cells (the math only; no time loop).
 
     Subclasses define ``num_gates`` (K), ``block_size`` (m), ``recurrent_parameter_names`` (each
@@ -45,19 +47,7 @@ class BlockElementwiseCell(nn.Module):
         output_size: size of ``output(x, c)``'s last dimension.
     """
 
-    num_gates: int = 1
     block_size: int = 2
-    recurrent_parameter_names: tuple[str, ...] = ()
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        if input_size <= 0 or hidden_size <= 0:
-            raise ValueError(
-                f"input_size and hidden_size must be positive, got {input_size} and {hidden_size}"
-            )
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(self.num_gates * self.block_size * hidden_size, input_size))
 
     @property
     def state_shape(self) -> torch.Size:
@@ -67,14 +57,6 @@ class BlockElementwiseCell(nn.Module):
     @property
     def output_size(self) -> int:
         return self.block_size * self.hidden_size
-
-    def recurrent_parameters(self) -> dict[str, Tensor]:
-        """The parameters passed to :meth:`step`, by name."""
-        return {name: getattr(self, name) for name in self.recurrent_parameter_names}
-
-    def rtrl_parameters(self) -> dict[str, Tensor]:
-        """Every parameter whose gradient comes from RTRL: ``weight_ih`` and the recurrent ones."""
-        return {"weight_ih": self.weight_ih, **self.recurrent_parameters()}
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """a = W x: x [..., D] → [..., K, m, N]."""
