@@ -61,13 +61,14 @@ class RecurrentCoreBase(nn.Module):
         """Per-example shape of each carried state entry (besides the sensitivities)."""
         return {STATE_KEY: torch.Size((self.hidden_size,))}
 
-    def sensitivity_shapes(self) -> dict[NestedKey, torch.Size]:
-        """Per-example sensitivity shape of each RTRL-trained parameter, by parameter name."""
+    def sensitivity_shapes(self, gradient: str | None = None) -> dict[NestedKey, torch.Size]:
+        """Per-example sensitivity shape of each RTRL-trained parameter, by parameter name, in the
+        ``gradient`` mode (default: the core's; exact cores carry the same layout in every mode)."""
         raise NotImplementedError
 
-    def sensitivity_keys(self) -> dict[NestedKey, torch.Size]:
+    def sensitivity_keys(self, gradient: str | None = None) -> dict[NestedKey, torch.Size]:
         """Per-example shape of each carried sensitivity entry, by its key in the state."""
-        return {(SENSITIVITY_KEY, name): shape for name, shape in self.sensitivity_shapes().items()}
+        return {(SENSITIVITY_KEY, name): shape for name, shape in self.sensitivity_shapes(gradient).items()}
 
     # ----------------------------------------------------------------------------- state
     def initial_state(
@@ -76,11 +77,13 @@ class RecurrentCoreBase(nn.Module):
         sensitivities: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        gradient: str | None = None,
     ) -> TensorDict:
-        """Zero state (and zero sensitivities) for ``batch_size`` sequences."""
+        """Zero state (and zero sensitivities of the ``gradient`` mode, default the core's) for
+        ``batch_size`` sequences."""
         entries = dict(self.state_shapes())
         if sensitivities:
-            entries.update(self.sensitivity_keys())
+            entries.update(self.sensitivity_keys(gradient))
         return self._zero_state(batch_size, entries, device, dtype)
 
     def _zero_state(

@@ -42,8 +42,8 @@ class BlockRTRLCore(CellCore):
         """``"c"``: [m, N] per example."""
         return {STATE_KEY: self.cell.state_shape}
 
-    def sensitivity_shapes(self) -> dict[str, torch.Size]:
-        """[m, *param.shape] per example, for ``weight_ih`` and each recurrent parameter."""
+    def sensitivity_shapes(self, gradient: GradientMode | None = None) -> dict[str, torch.Size]:
+        """[m, *param.shape] per example, for ``weight_ih`` and each recurrent parameter (every mode)."""
         m = self.cell.block_size
         return {name: torch.Size((m, *p.shape)) for name, p in self.cell.rtrl_parameters().items()}
 

@@ -87,8 +87,8 @@ class RTRLCore(CellCore):
         super().__init__(cell, gradient)
         self.buffers = SensitivityBuffers()
 
-    def sensitivity_shapes(self) -> dict[str, torch.Size]:
-        """Per-example sensitivity shape of each RTRL-trained parameter."""
+    def sensitivity_shapes(self, gradient: GradientMode | None = None) -> dict[str, torch.Size]:
+        """Per-example sensitivity shape of each RTRL-trained parameter (the same in every mode)."""
         return {name: p.shape for name, p in self.cell.rtrl_parameters().items()}
 
     def forward(

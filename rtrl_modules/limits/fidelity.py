@@ -110,9 +110,7 @@ def _segmented_vs_bptt(
     want = {name: _flat_grad(ps) for name, ps in groups.items() if ps}
 
     model.zero_grad(set_to_none=False)
-    state = (
-        model.initial_state(batch_size, gradient=gradient) if gradient else model.initial_state(batch_size)
-    )
+    state = model.initial_state(batch_size, gradient=gradient)
     for sl in segments(steps, segment_length):
         out, state = model(x[:, sl], state, is_init=is_init[:, sl], gradient=gradient)
         probe_loss(out, weights[:, sl]).backward()

@@ -117,24 +117,6 @@ class FullyRecurrentRNN(RecurrentCoreBase):
             return approx.kf_shapes(self.hidden_size, self.input_size)
         return {name: torch.Size((self.hidden_size, *shape)) for name, shape in params.items()}
 
-    def sensitivity_keys(self, gradient: str | None = None) -> dict:
-        """Per-example shape of each carried sensitivity entry, by state key, in ``gradient`` mode."""
-        return {(SENSITIVITY_KEY, name): shape for name, shape in self.sensitivity_shapes(gradient).items()}
-
-    def initial_state(
-        self,
-        batch_size: int,
-        sensitivities: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        gradient: str | None = None,
-    ) -> TensorDict:
-        """Zero state (and zero sensitivities of the ``gradient`` mode, default the core's)."""
-        entries = dict(self.state_shapes())
-        if sensitivities:
-            entries.update(self.sensitivity_keys(gradient))
-        return self._zero_state(batch_size, entries, device, dtype)
-
     def _reference_parameter(self) -> Tensor:
         return self.weight_hh
 
