@@ -37,6 +37,8 @@ class R2ACLoss(LossModule):
         gamma: discount γ.
         rho_thresh, c_thresh: V-trace clipping thresholds ρ̄ and c̄.
         entropy_cost, baseline_cost: weights of the entropy bonus and the value loss.
+        reward_scale: multiply rewards by this before clipping (e.g. popgym's ±1/episode-length
+            rewards × the episode length: ±1 per step); the logged returns stay unscaled.
         reward_clip: clip rewards to [−reward_clip, reward_clip]; None keeps them raw.
         reduction: ``"sum"`` over batch and time (paper, torchbeast) or ``"mean"``.
 
@@ -73,6 +75,7 @@ class R2ACLoss(LossModule):
         c_thresh: float = 1.0,
         entropy_cost: float = 0.01,
         baseline_cost: float = 0.5,
+        reward_scale: float = 1.0,
         reward_clip: float | None = 1.0,
         reduction: str = "sum",
     ) -> None:
@@ -81,12 +84,14 @@ class R2ACLoss(LossModule):
             raise ValueError(f"unknown reduction {reduction!r}; valid choices are {', '.join(REDUCTIONS)}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if reward_scale <= 0:
+            raise ValueError(f"reward_scale must be positive, got {reward_scale}")
         if reward_clip is not None and reward_clip <= 0:
             raise ValueError(f"reward_clip must be positive or None, got {reward_clip}")
         self.agent_network = agent_network
         self.gamma, self.rho_thresh, self.c_thresh = gamma, rho_thresh, c_thresh
         self.entropy_cost, self.baseline_cost = entropy_cost, baseline_cost
-        self.reward_clip, self.reduction = reward_clip, reduction
+        self.reward_scale, self.reward_clip, self.reduction = reward_scale, reward_clip, reduction
         self._set_in_keys()
 
     def _set_in_keys(self) -> None:
@@ -140,7 +145,7 @@ class R2ACLoss(LossModule):
     ) -> TensorDict:
         """The loss given the agent's outputs: logits [B, T, A], value [B, T, 1], bootstrap [B, 1, 1]."""
         keys = self.tensor_keys
-        reward = tensordict.get(("next", keys.reward)).to(value.dtype).view_as(value)
+        reward = tensordict.get(("next", keys.reward)).to(value.dtype).view_as(value) * self.reward_scale
         if self.reward_clip is not None:
             reward = reward.clamp(-self.reward_clip, self.reward_clip)
         done = tensordict.get(("next", keys.done)).view_as(value).bool()

@@ -63,8 +63,8 @@ def reference_vtrace(value, bootstrap, reward, done, log_rho, gamma, rho_bar, c_
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-@pytest.mark.parametrize("rho_bar", [1.0, 0.5])
-def test_loss_and_gradients_equal_reference(reduction, rho_bar, device):
+@pytest.mark.parametrize("rho_bar,reward_scale", [(1.0, 1.0), (0.5, 1.0), (1.0, 3.0)])
+def test_loss_and_gradients_equal_reference(reduction, rho_bar, reward_scale, device):
     torch.manual_seed(0)
     heads = Heads().double().to(device)
     agent = TensorDictModule(heads, in_keys=["observation"], out_keys=["logits", "state_value"])
@@ -75,6 +75,7 @@ def test_loss_and_gradients_equal_reference(reduction, rho_bar, device):
         c_thresh=0.8,
         entropy_cost=0.03,
         baseline_cost=0.5,
+        reward_scale=reward_scale,
         reward_clip=1.0,
         reduction=reduction,
     )
@@ -89,7 +90,7 @@ def test_loss_and_gradients_equal_reference(reduction, rho_bar, device):
     _, bootstrap = heads(batch["next", "observation"][:, -1:])
     log_probs = logits.log_softmax(-1)
     log_pi = log_probs.gather(-1, batch["action"].unsqueeze(-1))
-    reward = batch["next", "reward"].clamp(-1, 1)
+    reward = (reward_scale * batch["next", "reward"]).clamp(-1, 1)
     done = batch["next", "done"]
     vs, pg_adv = reference_vtrace(
         value.detach(),
@@ -141,6 +142,8 @@ def test_bad_arguments_and_inputs():
         R2ACLoss(agent, reduction="avg")
     with pytest.raises(ValueError, match="gamma"):
         R2ACLoss(agent, gamma=1.5)
+    with pytest.raises(ValueError, match="reward_scale must be positive"):
+        R2ACLoss(agent, reward_scale=0.0)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         R2ACLoss(agent)(make_batch()[:, 0].float())
     batch = make_batch().float()
