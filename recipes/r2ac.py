@@ -28,7 +28,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rtrl_modules.envs import EVAL_PROTOCOLS, SUITES, evaluate, evaluation_plan, make_env, make_eval_env
 from rtrl_modules.modules import RECURRENT_KINDS, PreviousReward, make_agent
-from rtrl_modules.modules.agent import FREEZE_CHOICES, PREV_REWARD_AT_RESET, STEM_PARTS
+from rtrl_modules.modules.agent import FREEZE_CHOICES, PREV_REWARD_AT_RESET, STEM_PARTS, STEMS
 from rtrl_modules.objectives import R2ACLoss
 from rtrl_modules.training import (
     COLLECTION_MODES,
@@ -70,6 +70,9 @@ class R2ACModule(LightningModule):
         hidden_size, embed_size, forget_bias: network sizes (N; stem output, None = N as in the
             official ProcGen network) and eLSTM b_f init.
         init: eLSTM initialisation, ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²)).
+        stem: the pixel stem: ``"impala"`` (the paper's IMPALA ResNet), ``"nature"`` (the DQN Nature
+            CNN) or ``"shallow"`` (IMPALA's shallow model); the last two are for CPU-sized runs
+            (``rtrl_modules.modules.make_agent``). Vector observations get an MLP stem.
         conv_scale: stem channel multiplier (official ``--conv_scale``).
         feedforward_layer: ``core="feedforward"`` only: False is the official baseline (heads on
             the stem output and previous reward, no layer).
@@ -77,7 +80,7 @@ class R2ACModule(LightningModule):
             (the previous episode's last reward, as the official actors pass it).
         total_frames: environment steps over all envs of this rank.
         lr, rms_alpha, rms_eps, lr_decay: RMSProp and its linear decay to 0.
-        gamma, entropy_cost, baseline_cost, reward_clip, reduction: the R2AC loss.
+        gamma, entropy_cost, baseline_cost, reward_scale, reward_clip, reduction: the R2AC loss.
         stem_checkpoint, stem_parts, freeze_stem: pre-trained vision stem (ours or an official
             checkpoint; paper's DMLab memory setting): ``stem_parts`` ``"all"`` or ``"conv"``
             (official ``--not_load_fc``); ``freeze_stem`` False, True / ``"all"``, ``"conv"``,
@@ -118,6 +121,7 @@ class R2ACModule(LightningModule):
         embed_size: int | None = 256,
         forget_bias: float | None = None,
         init: Literal["default", "official"] = "default",
+        stem: Literal["impala", "nature", "shallow"] = "impala",
         conv_scale: int = 1,
         feedforward_layer: bool = True,
         prev_reward_at_reset: Literal["zero", "last"] = "zero",
@@ -130,6 +134,7 @@ class R2ACModule(LightningModule):
         gamma: float = 0.99,
         entropy_cost: float = 0.01,
         baseline_cost: float = 0.5,
+        reward_scale: float = 1.0,
         reward_clip: float | None = 1.0,
         reduction: Literal["sum", "mean"] = "sum",
         stem_checkpoint: str | None = None,
@@ -155,6 +160,7 @@ class R2ACModule(LightningModule):
             raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
         for name, value, choices in (
             ("init", init, ("default", "official")),
+            ("stem", stem, tuple(STEMS)),
             ("prev_reward_at_reset", prev_reward_at_reset, PREV_REWARD_AT_RESET),
             ("stem_parts", stem_parts, STEM_PARTS),
             ("freeze_stem", freeze_stem, FREEZE_CHOICES),
@@ -211,6 +217,7 @@ class R2ACModule(LightningModule):
             core=core,
             hidden_size=hidden_size,
             embed_size=embed_size,
+            stem=stem,
             conv_scale=conv_scale,
             init=init,
             feedforward_layer=feedforward_layer,
@@ -236,6 +243,7 @@ class R2ACModule(LightningModule):
             gamma=gamma,
             entropy_cost=entropy_cost,
             baseline_cost=baseline_cost,
+            reward_scale=reward_scale,
             reward_clip=reward_clip,
             reduction=reduction,
         )

@@ -24,7 +24,9 @@ key                 shape                   meaning
 The previous action is not an input (the paper's D = 256 + 1). The official code's settings that
 differ from the defaults here are options of :func:`make_agent` (``init="official"``,
 ``embed_size=None`` for ProcGen's FC of ``hidden_size`` units, ``feedforward_layer=False``,
-``conv_scale``, ``stem_parts="conv"``, ``freeze_stem="conv" | "fc"``); see docs/fidelity.md.
+``conv_scale``, ``stem_parts="conv"``, ``freeze_stem="conv" | "fc"``); see docs/fidelity.md. Cheaper
+pixel stems for CPU-sized runs: ``stem="nature"`` (DQN Nature CNN) or ``"shallow"`` (IMPALA's shallow
+model); the IMPALA ResNet (``"impala"``) is the default.
 """
 
 from __future__ import annotations
@@ -56,7 +58,43 @@ class ResidualBlock(nn.Module):
         return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
 
 
-class ImpalaStem(nn.Module):
+class PixelStem(nn.Module):
+    """Base of the pixel stems: ``conv`` (convolutions, ReLU, flatten) then ``fc`` (Linear, ReLU).
+
+    Input [..., C, H, W] (or [..., H, W, C] with ``channels_last``; uint8 pixels are scaled to
+    [0, 1]); output [..., out_features]. Subclasses build ``self.conv`` and ``self.fc`` (the parts
+    :func:`freeze_stem_parts` and :func:`load_stem` address) after :meth:`_input_layout`.
+    """
+
+    def _input_layout(self, observation_shape: Sequence[int], channels_last: bool) -> tuple[int, int, int]:
+        """Check and store the observation layout; returns (C, H, W)."""
+        if len(observation_shape) != 3:
+            raise ValueError(
+                f"{type(self).__name__} needs a (C, H, W) observation shape, got {tuple(observation_shape)}"
+            )
+        if channels_last:
+            height, width, in_channels = observation_shape
+        else:
+            in_channels, height, width = observation_shape
+        self.observation_shape, self.channels_last = tuple(observation_shape), channels_last
+        return in_channels, height, width
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        if pixels.shape[-3:] != self.observation_shape:
+            layout = ", ".join(map(str, self.observation_shape))
+            raise ValueError(
+                f"{type(self).__name__} expects observations [..., {layout}], got {tuple(pixels.shape)}"
+            )
+        lead = pixels.shape[:-3]
+        x = pixels.reshape(-1, *pixels.shape[-3:])
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        dtype = self.fc[0].weight.dtype
+        x = x.to(dtype) / 255.0 if not x.is_floating_point() else x.to(dtype)
+        return self.fc(self.conv(x)).reshape(*lead, self.out_features)
+
+
+class ImpalaStem(PixelStem):
     """IMPALA ResNet: per section conv3×3 → max-pool 3/2 → 2 residual blocks; ReLU; FC; ReLU.
 
     Args:
@@ -75,15 +113,7 @@ class ImpalaStem(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if len(observation_shape) != 3:
-            raise ValueError(
-                f"ImpalaStem needs a (C, H, W) observation shape, got {tuple(observation_shape)}"
-            )
-        if channels_last:
-            height, width, in_channels = observation_shape
-        else:
-            in_channels, height, width = observation_shape
-        self.observation_shape, self.channels_last = tuple(observation_shape), channels_last
+        in_channels, height, width = self._input_layout(observation_shape, channels_last)
         layers: list[nn.Module] = []
         for out_channels in channels:
             layers += [
@@ -98,19 +128,86 @@ class ImpalaStem(nn.Module):
         self.fc = nn.Sequential(nn.Linear(in_channels * height * width, out_features), nn.ReLU())
         self.out_features = out_features
 
-    def forward(self, pixels: Tensor) -> Tensor:
-        if pixels.shape[-3:] != self.observation_shape:
+
+class PlainConvStem(PixelStem):
+    """Plain strided convolutions (no padding), each followed by ReLU; flatten; FC; ReLU.
+
+    Args:
+        observation_shape: (C, H, W), or (H, W, C) with ``channels_last=True``.
+        channels, kernels, strides: one entry per convolution.
+        out_features: size of the FC layer.
+        channels_last: the input is [..., H, W, C]; it is permuted.
+    """
+
+    def __init__(
+        self,
+        observation_shape: Sequence[int],
+        channels: Sequence[int],
+        kernels: Sequence[int],
+        strides: Sequence[int],
+        out_features: int = 256,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if not len(channels) == len(kernels) == len(strides):
             raise ValueError(
-                f"ImpalaStem expects observations [..., {', '.join(map(str, self.observation_shape))}], "
-                f"got {tuple(pixels.shape)}"
+                f"{type(self).__name__}: got {len(channels)} channels for {len(kernels)} kernels and "
+                f"{len(strides)} strides (one each per convolution)"
             )
-        lead = pixels.shape[:-3]
-        x = pixels.reshape(-1, *pixels.shape[-3:])
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        dtype = self.fc[0].weight.dtype
-        x = x.to(dtype) / 255.0 if not x.is_floating_point() else x.to(dtype)
-        return self.fc(self.conv(x)).reshape(*lead, self.out_features)
+        in_channels, height, width = self._input_layout(observation_shape, channels_last)
+        layers: list[nn.Module] = []
+        for out_channels, kernel, stride in zip(channels, kernels, strides):
+            layers += [nn.Conv2d(in_channels, out_channels, kernel, stride=stride), nn.ReLU()]
+            in_channels = out_channels
+            height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            if height < 1 or width < 1:
+                raise ValueError(
+                    f"{type(self).__name__}: observations of shape {tuple(observation_shape)} are too "
+                    "small for its convolutions"
+                )
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(in_channels * height * width, out_features), nn.ReLU())
+        self.out_features = out_features
+
+
+class NatureStem(PlainConvStem):
+    """The DQN Nature CNN (Mnih et al., 2015): conv 8×8/4, 4×4/2, 3×3/1 (32, 64, 64 channels), FC.
+
+    Multiply-adds per frame: 8.5M on 84×84×4 (:class:`ImpalaStem`: 54M), 3.4M on 64×64×3 (31M).
+    FC of ``out_features`` (the DQN's 512; here 256 by default, like the IMPALA stem, so D = 257).
+    """
+
+    def __init__(
+        self,
+        observation_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64, 64),
+        out_features: int = 256,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(observation_shape, channels, (8, 4, 3), (4, 2, 1), out_features, channels_last)
+
+
+class ShallowStem(PlainConvStem):
+    """IMPALA's "shallow" model (Espeholt et al., 2018; the 2013 DQN network): conv 8×8/4, 4×4/2
+    (16, 32 channels), FC 256. Multiply-adds per frame: 3.0M on 84×84×4 (:class:`ImpalaStem`: 54M),
+    1.3M on 64×64×3 (31M)."""
+
+    def __init__(
+        self,
+        observation_shape: Sequence[int],
+        channels: Sequence[int] = (16, 32),
+        out_features: int = 256,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(observation_shape, channels, (8, 4), (4, 2), out_features, channels_last)
+
+
+#: pixel stems of :func:`make_agent`: name -> (class, its default channels)
+STEMS: dict[str, tuple[type[PixelStem], tuple[int, ...]]] = {
+    "impala": (ImpalaStem, (16, 32, 32)),
+    "nature": (NatureStem, (32, 64, 64)),
+    "shallow": (ShallowStem, (16, 32)),
+}
 
 
 class MLPStem(nn.Module):
@@ -237,7 +334,8 @@ def make_agent(
     observation_key: NestedKey | None = None,
     prev_reward_key: NestedKey | None = "prev_reward",
     reward_clip: float = 1.0,
-    channels: Sequence[int] = (16, 32, 32),
+    stem: str = "impala",
+    channels: Sequence[int] | None = None,
     conv_scale: int = 1,
     channels_last: bool = False,
     output_gate: bool = True,
@@ -251,7 +349,7 @@ def make_agent(
     """Build the paper's actor-critic for pixel ((C, H, W)) or vector ((D,)) observations.
 
     Args:
-        observation_shape: (C, H, W) pixels (IMPALA stem), (H, W, C) with ``channels_last``, or (D,)
+        observation_shape: (C, H, W) pixels (the ``stem``), (H, W, C) with ``channels_last``, or (D,)
             for a vector (MLP stem).
         num_actions: size of the discrete action set.
         core: one of ``RECURRENT_KINDS`` (``"rtrl"``, ``"rtrl_stepwise"``, ``"tbptt"``, ``"lstm"``,
@@ -261,8 +359,13 @@ def make_agent(
         observation_key: default ``"pixels"`` for images, ``"observation"`` for vectors.
         prev_reward_key: key of the previous reward (see :class:`PreviousReward`); None drops it
             (D = embed_size).
-        channels, conv_scale: the stem's channels per section, each multiplied by ``conv_scale``
-            (the official ``--conv_scale``).
+        stem: the pixel stem, one of ``STEMS``: ``"impala"`` (the paper's IMPALA ResNet,
+            :class:`ImpalaStem`), ``"nature"`` (the DQN Nature CNN, :class:`NatureStem`; 6× fewer
+            multiply-adds on 84×84×4 frames) or ``"shallow"`` (IMPALA's shallow model,
+            :class:`ShallowStem`; 18× fewer). Vector observations get the MLP stem (another choice
+            than the default is an error).
+        channels, conv_scale: the stem's channels per section / convolution (None: the stem's own,
+            16-32-32 for IMPALA), each multiplied by ``conv_scale`` (the official ``--conv_scale``).
         init: the eLSTM's initialisation, ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²)).
         feedforward_layer: for ``core="feedforward"``: True adds Linear(D, N) + ReLU before the heads;
             False is the official baseline, heads directly on the D-dim [stem; prev reward].
@@ -273,6 +376,8 @@ def make_agent(
     """
     if core not in RECURRENT_KINDS:
         raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; valid choices are {', '.join(STEMS)}")
     if num_actions < 1:
         raise ValueError(f"num_actions must be positive, got {num_actions}")
     if conv_scale < 1:
@@ -282,22 +387,25 @@ def make_agent(
     embed_size = hidden_size if embed_size is None else embed_size
     shape = tuple(int(s) for s in observation_shape)
     if len(shape) == 3:
-        channels = tuple(c * conv_scale for c in channels)
-        stem: nn.Module = ImpalaStem(shape, channels, embed_size, channels_last=channels_last)
+        stem_class, stem_channels = STEMS[stem]
+        channels = tuple(c * conv_scale for c in (stem_channels if channels is None else channels))
+        stem_module: nn.Module = stem_class(shape, channels, embed_size, channels_last=channels_last)
         observation_key = "pixels" if observation_key is None else observation_key
     elif len(shape) == 1:
-        stem = MLPStem(shape[0], embed_size)
+        if stem != "impala":
+            raise ValueError(f"stem={stem!r} is for pixels; vector observations {shape} get an MLP stem")
+        stem_module = MLPStem(shape[0], embed_size)
         observation_key = "observation" if observation_key is None else observation_key
     else:
         raise ValueError(f"observation_shape must be (C, H, W), (H, W, C) or (D,), got {shape}")
     if stem_checkpoint is not None:
-        load_stem(stem, stem_checkpoint, freeze=freeze_stem, parts=stem_parts)
+        load_stem(stem_module, stem_checkpoint, freeze=freeze_stem, parts=stem_parts)
     elif freeze_stem:
         raise ValueError(
             "freeze_stem needs stem_checkpoint (freezing random weights is almost surely a mistake)"
         )
 
-    modules = [TensorDictModule(stem, in_keys=[observation_key], out_keys=["embed_obs"])]
+    modules = [TensorDictModule(stem_module, in_keys=[observation_key], out_keys=["embed_obs"])]
     input_size = embed_size
     if prev_reward_key is not None:
         modules.append(
@@ -341,7 +449,7 @@ def make_agent(
         critic=critic,
         trunk=trunk,
         core=recurrent,
-        stem=stem,
+        stem=stem_module,
         network=network,
         policy_head=policy,
         value_head=value,

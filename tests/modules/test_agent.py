@@ -9,6 +9,7 @@ from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import A2CLoss
 
 from rtrl_modules.modules import ELSTMModule, ImpalaStem, PreviousReward, load_stem, make_agent
+from rtrl_modules.modules.agent import STEMS, NatureStem, ShallowStem
 
 
 def pixels_td(shape, batch=(2,)):
@@ -44,6 +45,78 @@ def test_impala_stem_matches_the_paper_layout():
     assert [c.out_channels for c in convs] == [16, 32, 32]
     assert stem.fc[0].in_features == 32 * 8 * 8 and stem.fc[0].out_features == 256
     assert ImpalaStem((4, 84, 84)).fc[0].in_features == 32 * 11 * 11
+
+
+@pytest.mark.parametrize("stem", ["nature", "shallow"])
+@pytest.mark.parametrize(
+    "shape, channels_last", [((3, 64, 64), False), ((4, 84, 84), False), ((84, 84, 4), True)]
+)
+def test_small_stems_shapes_scaling_and_parts(stem, shape, channels_last):
+    agent = make_agent(shape, num_actions=6, hidden_size=16, stem=stem, channels_last=channels_last)
+    assert type(agent.stem) is STEMS[stem][0] and agent.core.input_size == 257
+    td = agent.actor(pixels_td(shape, batch=(2, 3)))  # any leading dims
+    assert td["embed"].shape == (2, 3, 257) and td["logits"].shape == (2, 3, 6)
+    assert agent.critic(td)["state_value"].shape == (2, 3, 1)
+    # uint8 pixels are scaled to [0, 1]: the same as float input / 255
+    pixels = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    torch.testing.assert_close(agent.stem(pixels), agent.stem(pixels.float() / 255.0))
+    # channels_last: the same stem on the permuted frames
+    if channels_last:
+        twin = make_agent((shape[2], shape[0], shape[1]), 6, hidden_size=16, stem=stem)
+        twin.stem.load_state_dict(agent.stem.state_dict())
+        torch.testing.assert_close(twin.stem(pixels.permute(0, 3, 1, 2)), agent.stem(pixels))
+    with pytest.raises(ValueError, match="expects observations"):
+        agent.stem(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    # the parts freeze_stem / stem_parts address
+    source = agent.stem.state_dict()
+    frozen = make_agent(shape, 6, hidden_size=16, stem=stem, channels_last=channels_last,
+                        stem_checkpoint=source, freeze_stem="conv")  # fmt: skip
+    assert not any(p.requires_grad for p in frozen.stem.conv.parameters())
+    assert all(p.requires_grad for p in frozen.stem.fc.parameters())
+
+
+def test_small_stems_match_their_published_layouts():
+    nature, shallow = NatureStem((4, 84, 84)), ShallowStem((4, 84, 84))  # Mnih et al. 2015; IMPALA shallow
+    convs = [m for m in nature.conv if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)), (64, (3, 3), (1, 1))
+    ]  # fmt: skip
+    assert nature.fc[0].in_features == 64 * 7 * 7 and nature.fc[0].out_features == 256
+    convs = [m for m in shallow.conv if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (16, (8, 8), (4, 4)), (32, (4, 4), (2, 2))
+    ]  # fmt: skip
+    assert shallow.fc[0].in_features == 32 * 9 * 9
+    assert NatureStem((3, 64, 64)).fc[0].in_features == 64 * 4 * 4
+    # channels (None: the stem's own) and conv_scale apply to every stem; embed_size sizes the FC
+    stem = make_agent((3, 64, 64), 4, hidden_size=8, embed_size=32, stem="nature", conv_scale=2).stem
+    assert [m.out_channels for m in stem.conv if isinstance(m, torch.nn.Conv2d)] == [64, 128, 128]
+    assert stem.fc[0].out_features == 32
+    stem = make_agent((3, 64, 64), 4, hidden_size=8, stem="shallow", channels=(4, 8)).stem
+    assert [m.out_channels for m in stem.conv if isinstance(m, torch.nn.Conv2d)] == [4, 8]
+    with pytest.raises(ValueError, match="too small"):
+        NatureStem((3, 16, 16))
+
+
+def test_stem_choice_errors_and_default():
+    assert type(make_agent((3, 16, 16), 4, hidden_size=8).stem) is ImpalaStem  # the paper's, by default
+    one_line = r"^unknown stem 'resnet'; valid choices are impala, nature, shallow$"
+    with pytest.raises(ValueError, match=one_line):
+        make_agent((3, 64, 64), 4, stem="resnet")
+    with pytest.raises(ValueError, match="is for pixels"):
+        make_agent((7,), 3, stem="nature")
+
+
+def test_the_recipe_builds_the_configured_stem(tmp_path):
+    from recipes.r2ac import R2ACModule
+
+    small = dict(suite="atari", task="Pong", num_envs=1, hidden_size=4, embed_size=8, total_frames=100)
+    assert type(R2ACModule(**small).agent.stem) is ImpalaStem
+    module = R2ACModule(**small, stem="shallow")
+    assert type(module.agent.stem) is ShallowStem and module.hparams.stem == "shallow"
+    assert module.agent.stem.observation_shape == (4, 84, 84)
+    with pytest.raises(ValueError, match="unknown stem 'resnet'; valid choices are impala, nature, shallow"):
+        R2ACModule(**small, stem="resnet")
 
 
 def test_vector_agent_and_baselines():
