@@ -16,10 +16,17 @@ def load(name):
 
 
 def test_torchrl_ppo_example_runs_a_few_iterations():
+    """Small settings (the defaults train for over a minute): one history entry per iteration, with the
+    frames so far, increasing wall times and, once an episode has ended, a finite positive return."""
     example = load("torchrl_ppo")
-    returns = example.train(core="rtrl", iterations=2, num_envs=2, segment=16, epochs=2)
-    assert len(returns) == 2
-    assert any(math.isfinite(r) and r > 0 for r in returns)
+    history = example.train(core="rtrl", iterations=4, num_envs=2, segment=16, epochs=2, log_every=0)
+    assert len(history) == 4
+    assert [h["frames"] for h in history] == [32, 64, 96, 128]
+    assert all(math.isfinite(h["seconds"]) for h in history)
+    assert [h["seconds"] for h in history] == sorted(h["seconds"] for h in history)
+    returns = [h["episode_return"] for h in history]
+    assert math.isfinite(returns[-1]) and returns[-1] >= 8  # CartPole episodes last at least 8 steps
+    assert all(math.isnan(r) or 8 <= r <= 500 for r in returns)
 
 
 def test_recurrent_dqn_tutorial_pipeline_trains_with_exact_rtrl_on_whole_episode_slices():
