@@ -18,7 +18,7 @@ from recipes.evaluate import main as evaluate_main
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY = ROOT / "configs/memory/delayed_cue.yaml"
-PROCGEN = ROOT / "configs/procgen/chaser_hard_m5_cpu.yaml"
+PROCGEN = ROOT / "configs/procgen/starpilot_easy_cpu.yaml"
 TINY = [
     "--model.init_args.num_envs=2", "--model.init_args.hidden_size=8", "--model.init_args.embed_size=8",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
@@ -145,7 +145,7 @@ def test_procgen_run_and_video_of_its_greedy_play(tmp_path, capsys):
     )
     assert row["level_set"] == "train" and row["episodes"] == 1
     out = capsys.readouterr().out
-    assert "procgen/chaser [train]: greedy return" in out and f"video: {video}" in out
+    assert "procgen/starpilot [train]: greedy return" in out and f"video: {video}" in out
     gif = Image.open(video)
     assert video.stat().st_size > 1000 and gif.size == (256, 256) and gif.n_frames > 1  # 64×64, ×4
 
