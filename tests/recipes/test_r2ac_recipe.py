@@ -33,11 +33,31 @@ def test_every_shipped_config_parses_and_builds(config, fake_lab, tmp_path):
     module = cli.model
     assert isinstance(module, R2ACModule)
     assert module.hparams.suite == config.parent.name or config.name == "default.yaml"
-    assert module.hparams.core == "rtrl"
+    assert module.hparams.core.startswith("rtrl")  # rtrl, or rtrl_stepwise in the fully online config
     assert cli.trainer.gradient_clip_val == 40.0
     # the baselines are one override away
     cli = main(cli_args(config, *SMALL, "--model.init_args.core=tbptt"), run=False)
     assert cli.model.agent.core.gradient == "tbptt"
+
+
+CPU_CONFIGS = [
+    c
+    for c in R2AC_CONFIGS
+    if c.parent.name in ("memory", "popgym") or c.stem.endswith("_cpu") or c.name == "default.yaml"
+]
+
+
+@pytest.mark.parametrize("config", CPU_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_cpu_config_trains_a_few_updates(config, tmp_path):
+    """The configs run here (docs/results.md) train, on their real engines, for 2 updates."""
+    cli = main(cli_args(config, *SMALL, "--trainer.max_steps=2", "--model.init_args.eval_episodes=0",
+                        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"),
+               run=False)  # fmt: skip
+    before = [p.detach().clone() for p in cli.model.parameters()]
+    cli.trainer.fit(cli.model)
+    assert cli.trainer.global_step == 2 and cli.model.frames > 0
+    assert torch.isfinite(cli.model.last_loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, cli.model.parameters()))
 
 
 def test_paper_configs_hold_the_paper_settings(fake_lab):
@@ -63,6 +83,20 @@ def test_paper_configs_hold_the_paper_settings(fake_lab):
     assert (hp.hidden_size, hp.embed_size, hp.segment_length, hp.total_frames) == (256, None, 50, 200_000_000)
     assert (hp.init, hp.prev_reward_at_reset, hp.eval_protocol) == ("official", "last", "official")
     assert hp.validation_env_options == {"level_set": "valid"} and hp.validation_episodes == 10
+
+
+def test_paper_scale_configs_keep_the_impala_stem_and_cpu_configs_use_a_small_one():
+    import yaml
+
+    small = {}
+    for config in R2AC_CONFIGS:
+        args = yaml.safe_load(config.read_text())["model"]["init_args"]
+        stem = args.get("stem", "impala")
+        if args.get("suite") in ("atari", "procgen", "dmlab") and int(args["total_frames"]) >= 10_000_000:
+            assert stem == "impala", config  # the paper's IMPALA ResNet
+        if config.stem.endswith("_cpu"):
+            small[f"{config.parent.name}/{config.name}"] = stem
+    assert small["atari/pong_cpu.yaml"] == "shallow" and small["procgen/starpilot_easy_cpu.yaml"] == "nature"
 
 
 def test_official_evaluation_protocol_plays_3_runs_of_100_dmlab_episodes(fake_lab, monkeypatch):
