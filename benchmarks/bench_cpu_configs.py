@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from recipes.cli import main as cli_main
-from rtrl_modules.training import loss_and_metrics
+from rtrl_modules.training import loss_and_metrics, update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,23 +57,14 @@ def build(config: str, core: str, overrides: list[str], root: str):
     return module, configured, None
 
 
-def update(module, optimizer, scheduler) -> int:
-    """One recipe update; returns its frames."""
-    batch = module.collect()
-    total, _ = loss_and_metrics(module.loss, batch)
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, 40.0)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return batch.numel()
-
-
 def timed_updates(run, updates: int) -> tuple[int, float]:
     start = time.perf_counter()
-    frames = sum(update(*run) for _ in range(updates))
+    module, optimizer, scheduler = run
+    frames = 0
+    for _ in range(updates):  # the recipe's update: collect, loss, backward, clip 40, RMSProp step
+        batch = module.collect()
+        update(module.loss, batch, optimizer, scheduler, max_grad_norm=40.0)
+        frames += batch.numel()
     return frames, time.perf_counter() - start
 
 
@@ -162,7 +153,7 @@ def bench(config: str, args) -> str:
     with tempfile.TemporaryDirectory() as root:
         runs = {core: build(config, core, args.set, root) for core in args.cores}
         for run in runs.values():
-            update(*run)  # warm-up (allocations, first carried sensitivities)
+            timed_updates(run, 1)  # warm-up (allocations, first carried sensitivities)
         if args.breakdown:
             breakdown(runs, args.breakdown_steps)
         frames = {core: 0 for core in runs}
@@ -183,7 +174,7 @@ def bench(config: str, args) -> str:
     hp = module.hparams
     fps = {core: frames[core] / seconds[core] for core in runs}
     ratio = f"{statistics.median(ratios):.2f}" if ratios else "n/a"
-    stem = hp.get("stem", "impala")
+    stem = type(module.agent.stem).__name__  # the stem built (vector observations get an MLP)
     total = sum(frames.values()) // len(frames)
     row = (
         f"| {_shown(config)} | {hp.task} | {stem} | {hp.num_envs} | {hp.segment_length} "

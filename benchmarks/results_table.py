@@ -151,12 +151,13 @@ def main(argv: list[str] | None = None) -> None:
 
     summary: list[str] = []
     for task in args.tasks:
-        finished = [(c, s) for c in args.cores for s in args.seeds if read_result(run_dir(task, c, s))]
+        found = {(c, s): read_result(run_dir(task, c, s)) for c in args.cores for s in args.seeds}
+        finished = {run: result for run, result in found.items() if result is not None}
         if not finished:
             continue
         results: dict[str, list[dict]] = {}
-        for c, s in finished:
-            results.setdefault(c, []).append(read_result(run_dir(task, c, s)))
+        for (c, _), result in finished.items():
+            results.setdefault(c, []).append(result)
         compare([run_dir(task, c, s) for c, s in finished], out / f"{task}.png", smoothing=20, label_by=1,
                 title=f"{task}: training return")  # fmt: skip
         (out / f"{task}.json").write_text(json.dumps(results, indent=1))
