@@ -13,6 +13,10 @@ sets unless ``--level-set``; the official protocol's repeated runs), so the numb
 
     memory/delayed_cue: greedy return mean=0.9400 std=0.3412 episodes=200
 
+``--policy random`` plays uniformly random actions on the same envs and seeds instead (the random-agent
+baseline that a learning result is read against; the agent still runs, so its recurrent state stays
+in place, and its actions are replaced).
+
 ``--video`` (pixel suites: Atari, ProcGen, DMLab) records env 0's first evaluation episode from the
 observations the agent sees (Atari: the last grey 84×84 frame of the stack; ProcGen: the 64×64 RGB
 image), upscaled ``--scale`` times. ``.gif`` is written with Pillow (always installed, through
@@ -55,7 +59,10 @@ NETWORK_KEYS = (
     "stem_parts",
     "freeze_stem",
 )
-RESULT_COLUMNS = ("checkpoint", "suite", "task", "level_set", "episodes", "mean", "std", "min", "max")
+RESULT_COLUMNS = (
+    "checkpoint", "suite", "task", "level_set", "policy", "episodes", "mean", "std", "min", "max"
+)  # fmt: skip
+POLICIES = ("greedy", "random")
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -99,6 +106,22 @@ def frame_to_image(pixels: torch.Tensor, rgb: bool, scale: int) -> np.ndarray:
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest neighbour: crisp pixels
     return np.ascontiguousarray(image)
+
+
+class RandomActions:
+    """Wraps the actor: replaces its action ``[B]`` by one drawn uniformly from its ``"logits"``'
+    ``[B, A]`` actions (seeded). The actor still runs, so the recurrent state it carries stays valid."""
+
+    def __init__(self, actor: Callable, seed: int = 0) -> None:
+        self.actor = actor
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        td = self.actor(td)
+        logits, action = td.get("logits"), td.get("action")
+        drawn = torch.randint(logits.shape[-1], logits.shape[:-1], generator=self.generator)
+        td.set("action", drawn.to(device=action.device, dtype=action.dtype))
+        return td
 
 
 class FrameRecorder:
@@ -190,9 +213,12 @@ def evaluate_checkpoint(
     fps: float = 15.0,
     scale: int = 4,
     max_video_frames: int = 10_000,
+    policy: str = "greedy",
 ) -> list[dict[str, Any]]:
-    """Greedy returns of a checkpoint: one row (``RESULT_COLUMNS``) per level set or run of its
-    evaluation protocol (one row for a single set)."""
+    """Returns of a checkpoint's greedy policy (``policy="random"``: uniformly random actions): one
+    row (``RESULT_COLUMNS``) per level set or run of its evaluation protocol (one row for a single set)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     module = load_module(checkpoint, config)
     hp = module.hparams
     official = hp.eval_protocol == "official"
@@ -207,18 +233,20 @@ def evaluate_checkpoint(
     plan = evaluation_plan(hp.suite, hp.eval_protocol, episodes)
     if level_sets:
         plan = [EvalSet(name, plan[0].episodes, {"level_set": name}) for name in level_sets]
-    recorder = FrameRecorder(module.actor, shows_rgb(module), scale, max_video_frames) if video else None
+    actor = RandomActions(module.actor, seed=hp.seed) if policy == "random" else module.actor
+    recorder = FrameRecorder(actor, shows_rgb(module), scale, max_video_frames) if video else None
     rows = []
     with torch.no_grad():
         for i, part in enumerate(plan):
-            policy = recorder if recorder is not None and i == 0 else None
-            returns = module.greedy_returns(part.episodes, max_steps=max_steps, policy=policy, **part.options)
+            played = recorder if recorder is not None and i == 0 else actor
+            returns = module.greedy_returns(part.episodes, max_steps=max_steps, policy=played, **part.options)
             rows.append(
                 {
                     "checkpoint": str(checkpoint),
                     "suite": hp.suite,
                     "task": hp.task,
                     "level_set": part.name,
+                    "policy": policy,
                     **summarize(returns),
                     "returns": returns.tolist(),
                 }
@@ -244,7 +272,8 @@ def write_results(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 def format_row(row: dict[str, Any]) -> str:
     where = f"{row['suite']}/{row['task']}" + (f" [{row['level_set']}]" if row["level_set"] else "")
-    return f"{where}: greedy return mean={row['mean']:.4f} std={row['std']:.4f} episodes={row['episodes']}"
+    summary = f"mean={row['mean']:.4f} std={row['std']:.4f} episodes={row['episodes']}"
+    return f"{where}: {row['policy']} return {summary}"
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -265,6 +294,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ProcGen level set to evaluate (repeatable); default: the run's eval_protocol's four",
     )  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many env steps")
+    parser.add_argument(
+        "--policy", choices=POLICIES, default="greedy",
+        help="greedy: the agent's argmax actions; random: uniformly random actions (the baseline)",
+    )  # fmt: skip
     parser.add_argument("--output", help="write the results to this .csv or .json file")
     parser.add_argument("--video", help="record env 0's first episode to this .mp4, .avi or .gif file")
     parser.add_argument("--fps", type=float, default=15.0, help="video frame rate (15 = Atari real time)")
@@ -293,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             fps=args.fps,
             scale=args.scale,
             max_video_frames=args.max_video_frames,
+            policy=args.policy,
         )
     except ValueError as exc:  # a bad option for this checkpoint (e.g. --video on a non-pixel suite)
         raise SystemExit(f"python -m recipes.evaluate: error: {exc}") from None

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from recipes.cli import main
-from recipes.evaluate import FrameRecorder, write_video
+from recipes.evaluate import FrameRecorder, RandomActions, write_video
 from recipes.evaluate import main as evaluate_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,6 +148,32 @@ def test_procgen_run_and_video_of_its_greedy_play(tmp_path, capsys):
     assert "procgen/starpilot [train]: greedy return" in out and f"video: {video}" in out
     gif = Image.open(video)
     assert video.stat().st_size > 1000 and gif.size == (256, 256) and gif.n_frames > 1  # 64×64, ×4
+
+
+def test_random_policy_on_the_same_envs(memory_run, tmp_path):
+    """--policy random: the random-agent baseline on the run's evaluation envs; the agent's greedy
+    actions are replaced by uniform ones (the delayed cue pays ±1: chance is 0)."""
+    _, checkpoint = memory_run
+    (greedy,) = evaluate_main([str(checkpoint), "--episodes", "64"])
+    (random,) = evaluate_main([str(checkpoint), "--episodes", "64", "--policy", "random",
+                               "--output", str(tmp_path / "random.csv")])  # fmt: skip
+    assert (greedy["policy"], random["policy"]) == ("greedy", "random")
+    assert random["returns"] != greedy["returns"] and abs(random["mean"]) < 0.4
+    with open(tmp_path / "random.csv") as f:
+        (written,) = list(csv.DictReader(f))
+    assert written["policy"] == "random" and int(written["episodes"]) == 64
+
+
+def test_random_actions_are_uniform_whatever_the_logits():
+    from tensordict import TensorDict
+
+    def actor(td):  # always prefers action 2 of 4
+        td.set("logits", torch.tensor([0.0, 0.0, 50.0, 0.0]).expand(*td.batch_size, 4))
+        return td.set("action", torch.full(td.batch_size, 2))
+
+    td = RandomActions(actor, seed=0)(TensorDict({}, [4000]))
+    counts = torch.bincount(td["action"], minlength=4)
+    assert td["action"].dtype == torch.int64 and ((counts - 1000).abs() < 150).all(), counts
 
 
 def test_recorder_keeps_env_0s_first_episode():
