@@ -36,6 +36,7 @@ from rtrl_modules.training import (
     SLOT_KEY,
     env_factory,
     episode_stats,
+    inactive_fraction,
     linear_decay,
     loss_and_metrics,
     make_collector,
@@ -340,6 +341,8 @@ class R2ACModule(LightningModule):
         if getattr(self, "_step_clock", None) is not None and now > self._step_clock:
             log["train/fps"] = batch.numel() * self.trainer.world_size / (now - self._step_clock)
         self._step_clock = now
+        if "embed_obs" in batch.keys():  # the stem's ReLU output, as the actors computed it
+            log["train/stem_inactive_units"] = inactive_fraction(batch.get("embed_obs"))
         stats = episode_stats(batch)
         if "episode_return" in stats and stats["episode_return"].numel():
             log["train/episode_return"] = stats["episode_return"].mean()

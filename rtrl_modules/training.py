@@ -402,6 +402,14 @@ def episode_stats(batch: TensorDictBase) -> dict[str, Tensor]:
     return stats
 
 
+def inactive_fraction(features: Tensor) -> Tensor:
+    """Fraction of the E units of ReLU features ``[..., E]`` that are zero at every position of the
+    batch. A stem whose units have all stopped firing no longer sees its observations (a dead-ReLU
+    collapse: the policy can then only learn state-independent action preferences)."""
+    active = (features.detach().reshape(-1, features.shape[-1]) > 0).any(0)
+    return 1.0 - active.float().mean()
+
+
 def loss_and_metrics(loss_module: LossModule, batch: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss (the sum of the ``loss_*`` entries) and detached metrics for logging, with the
     running counts of exact and truncated RTRL segment starts (``rtrl_exact_starts``, ...)."""

@@ -240,3 +240,13 @@ def test_previous_reward_at_an_episodes_first_step(at_reset):
     assert (prev[:, 0] == 0).all()  # the very first reset: 0 either way
     with pytest.raises(ValueError, match="valid choices are zero, last"):
         PreviousReward(at_reset="previous")
+
+
+def test_inactive_fraction_counts_units_that_never_fire():
+    from rtrl_modules.training import inactive_fraction
+
+    features = torch.zeros(4, 3, 5)  # [B, T, E]
+    features[0, 1, 0] = 0.5  # unit 0 fires once
+    features[:, :, 2] = 1.0  # unit 2 always fires
+    assert inactive_fraction(features).item() == pytest.approx(3 / 5)
+    assert inactive_fraction(torch.relu(torch.randn(64, 8))).item() == 0.0

@@ -175,6 +175,10 @@ def test_main_job_writes_checkpoint_logs_and_plot(tmp_path):
     with open(run_dir / "metrics.csv") as f:  # the final evaluation is in the logs too
         rows = [row for row in csv.DictReader(f) if row.get("eval/greedy_return")]
     assert len(rows) == 1 and -1.0 <= float(rows[0]["eval/greedy_return"]) <= 1.0
+    with open(run_dir / "metrics.csv") as f:  # the stem's health is logged with every update
+        rows = list(csv.DictReader(f))
+    inactive = [float(r["train/stem_inactive_units"]) for r in rows if r.get("train/stem_inactive_units")]
+    assert inactive and all(0.0 <= x < 1.0 for x in inactive), inactive
 
 
 def test_ddp_fit_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
