@@ -1,5 +1,6 @@
 """Does a trained agent still see its observations? Activation statistics of a checkpoint's network
-along greedy play, beside a freshly initialised network of the same configuration.
+along play with actions sampled from its policy (the actor's default), beside a freshly initialised
+network of the same configuration.
 
 For each activation (``embed_obs``: the stem's ReLU output; ``embed``: the core's input; ``features``:
 the core's output; ``logits``) it prints the standard deviation over time (mean over units and envs:
@@ -24,7 +25,7 @@ KEYS = ("embed_obs", "embed", "features", "logits")
 
 
 def activations(module: R2ACModule, steps: int, num_envs: int, seed: int) -> dict[str, torch.Tensor]:
-    """``KEYS`` along ``steps`` steps of greedy play, each ``[T, B, ...]``."""
+    """``KEYS`` along ``steps`` steps of sampled play, each ``[T, B, ...]``."""
     hp = module.hparams
     options = {**(hp.env_options or {}), "seed": seed}
     env = module._add_agent_transforms(make_eval_env(hp.suite, hp.task, num_envs, **options))
