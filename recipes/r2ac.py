@@ -28,7 +28,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from rtrl_modules.envs import EVAL_PROTOCOLS, SUITES, evaluate, evaluation_plan, make_env, make_eval_env
 from rtrl_modules.modules import RECURRENT_KINDS, PreviousReward, make_agent
-from rtrl_modules.modules.agent import FREEZE_CHOICES, PREV_REWARD_AT_RESET, STEM_PARTS, STEMS
+from rtrl_modules.modules.agent import FREEZE_CHOICES, PREV_REWARD_AT_RESET, STEM_INITS, STEM_PARTS, STEMS
 from rtrl_modules.objectives import R2ACLoss
 from rtrl_modules.training import (
     COLLECTION_MODES,
@@ -74,6 +74,8 @@ class R2ACModule(LightningModule):
         stem: the pixel stem: ``"impala"`` (the paper's IMPALA ResNet), ``"nature"`` (the DQN Nature
             CNN) or ``"shallow"`` (IMPALA's shallow model); the last two are for CPU-sized runs
             (``rtrl_modules.modules.make_agent``). Vector observations get an MLP stem.
+        stem_init: ``"default"`` (PyTorch's) or ``"orthogonal"`` (gain √2, zero biases, as A2C's and
+            CleanRL's Atari networks; ``rtrl_modules.modules.init_stem``).
         conv_scale: stem channel multiplier (official ``--conv_scale``).
         feedforward_layer: ``core="feedforward"`` only: False is the official baseline (heads on
             the stem output and previous reward, no layer).
@@ -81,6 +83,9 @@ class R2ACModule(LightningModule):
             (the previous episode's last reward, as the official actors pass it).
         total_frames: environment steps over all envs of this rank.
         lr, rms_alpha, rms_eps, lr_decay: RMSProp and its linear decay to 0.
+        rms_square_avg_init: RMSProp's starting average of squared gradients: 0 (PyTorch's) or 1
+            (TensorFlow's, which A2C's published settings assume: small first updates instead of
+            ~10·lr; see ``rtrl_modules.training.make_optimizer``).
         gamma, entropy_cost, baseline_cost, reward_scale, reward_clip, reduction: the R2AC loss.
         stem_checkpoint, stem_parts, freeze_stem: pre-trained vision stem (ours or an official
             checkpoint; paper's DMLab memory setting): ``stem_parts`` ``"all"`` or ``"conv"``
@@ -123,6 +128,7 @@ class R2ACModule(LightningModule):
         forget_bias: float | None = None,
         init: Literal["default", "official"] = "default",
         stem: Literal["impala", "nature", "shallow"] = "impala",
+        stem_init: Literal["default", "orthogonal"] = "default",
         conv_scale: int = 1,
         feedforward_layer: bool = True,
         prev_reward_at_reset: Literal["zero", "last"] = "zero",
@@ -131,6 +137,7 @@ class R2ACModule(LightningModule):
         lr: float = 6e-4,
         rms_alpha: float = 0.99,
         rms_eps: float = 0.01,
+        rms_square_avg_init: float = 0.0,
         lr_decay: bool = True,
         gamma: float = 0.99,
         entropy_cost: float = 0.01,
@@ -162,6 +169,7 @@ class R2ACModule(LightningModule):
         for name, value, choices in (
             ("init", init, ("default", "official")),
             ("stem", stem, tuple(STEMS)),
+            ("stem_init", stem_init, STEM_INITS),
             ("prev_reward_at_reset", prev_reward_at_reset, PREV_REWARD_AT_RESET),
             ("stem_parts", stem_parts, STEM_PARTS),
             ("freeze_stem", freeze_stem, FREEZE_CHOICES),
@@ -204,6 +212,10 @@ class R2ACModule(LightningModule):
             torch.set_num_threads(num_threads)
         if validate_every < 0:
             raise ValueError(f"validate_every must be >= 0 (0: no validation), got {validate_every}")
+        if rms_square_avg_init < 0:
+            raise ValueError(
+                f"rms_square_avg_init must be >= 0 (0: PyTorch's, 1: TensorFlow's), got {rms_square_avg_init}"
+            )
         self.frames = 0
         self.batch_frames = 0  # frames of the latest batch
         self.best_validation = -math.inf  # best validation mean return so far (validate_every)
@@ -219,6 +231,7 @@ class R2ACModule(LightningModule):
             hidden_size=hidden_size,
             embed_size=embed_size,
             stem=stem,
+            stem_init=stem_init,
             conv_scale=conv_scale,
             init=init,
             feedforward_layer=feedforward_layer,
@@ -372,7 +385,9 @@ class R2ACModule(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, lr=hp.lr, alpha=hp.rms_alpha, eps=hp.rms_eps)
+        optimizer = make_optimizer(
+            params, lr=hp.lr, alpha=hp.rms_alpha, eps=hp.rms_eps, square_avg_init=hp.rms_square_avg_init
+        )
         if not hp.lr_decay:
             return optimizer
         scheduler = linear_decay(optimizer, self.updates_per_run)

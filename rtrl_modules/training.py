@@ -378,10 +378,35 @@ def segments(
 
 
 def make_optimizer(
-    params, lr: float = 6e-4, alpha: float = 0.99, eps: float = 0.01, momentum: float = 0.0
+    params,
+    lr: float = 6e-4,
+    alpha: float = 0.99,
+    eps: float = 0.01,
+    momentum: float = 0.0,
+    square_avg_init: float = 0.0,
 ) -> torch.optim.RMSprop:
-    """RMSProp with the paper's settings (lr 6e-4, α 0.99, ε 0.01; IMPALA/torchbeast)."""
-    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    """RMSProp with the paper's settings (lr 6e-4, α 0.99, ε 0.01; IMPALA/torchbeast).
+
+    ``square_avg_init``: the starting value of RMSProp's running average of squared gradients.
+    PyTorch starts it at 0, so the first updates are about lr/√(1-α) = 10·lr per parameter, whatever
+    the gradient's size; TensorFlow's RMSProp (A2C's and IMPALA's published settings) starts it at 1,
+    so the first updates are small and grow as the average adapts (a warm-up of ~1/(1-α) updates).
+    """
+    optimizer = torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    if square_avg_init < 0:
+        raise ValueError(f"square_avg_init must be >= 0, got {square_avg_init}")
+    if square_avg_init > 0:
+        # Filled in before the first step, this state is what torch.optim.RMSprop would create, with
+        # the average at square_avg_init instead of 0; it is saved and restored like any other.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state[p]
+                step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+                state["step"] = torch.zeros((), dtype=step_dtype)
+                state["square_avg"] = torch.full_like(p, square_avg_init, memory_format=torch.preserve_format)
+                if momentum > 0:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def linear_decay(optimizer: torch.optim.Optimizer, total_updates: int) -> torch.optim.lr_scheduler.LambdaLR:

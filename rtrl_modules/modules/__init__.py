@@ -7,6 +7,7 @@ from .agent import (
     MLPStem,
     PreviousReward,
     freeze_stem_parts,
+    init_stem,
     load_stem,
     make_agent,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "PreviousReward",
     "convert_official_state_dict",
     "freeze_stem_parts",
+    "init_stem",
     "load_official_checkpoint",
     "load_stem",
     "make_agent",

@@ -235,6 +235,27 @@ class ConcatPrevReward(nn.Module):
         return torch.cat((embed, prev_reward.to(embed.dtype).clamp(-self.clip, self.clip)), dim=-1)
 
 
+#: stem initialisations of :func:`make_agent` (see :func:`init_stem`)
+STEM_INITS: tuple[str, ...] = ("default", "orthogonal")
+
+
+def init_stem(stem: nn.Module, kind: str = "orthogonal", gain: float = math.sqrt(2)) -> nn.Module:
+    """Initialise the stem's convolutions and linear layers in place; returns ``stem``.
+
+    ``"default"`` keeps PyTorch's (Kaiming-uniform with a = √5: each layer shrinks its input about
+    √3×, so a fresh pixel stem's outputs are ~0.01). ``"orthogonal"`` uses orthogonal weights of
+    ``gain`` √2 and zero biases (A2C's and CleanRL's Atari networks): outputs of order 0.1-1.
+    """
+    if kind not in STEM_INITS:
+        raise ValueError(f"unknown stem_init {kind!r}; valid choices are {', '.join(STEM_INITS)}")
+    if kind == "orthogonal":
+        for layer in stem.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(layer.weight, gain)
+                nn.init.zeros_(layer.bias)
+    return stem
+
+
 STEM_PARTS: tuple[str, ...] = ("all", "conv")
 FREEZE_CHOICES: tuple[bool | str, ...] = (False, True, "all", "conv", "fc")
 
@@ -335,6 +356,7 @@ def make_agent(
     prev_reward_key: NestedKey | None = "prev_reward",
     reward_clip: float = 1.0,
     stem: str = "impala",
+    stem_init: str = "default",
     channels: Sequence[int] | None = None,
     conv_scale: int = 1,
     channels_last: bool = False,
@@ -364,6 +386,8 @@ def make_agent(
             multiply-adds on 84×84×4 frames) or ``"shallow"`` (IMPALA's shallow model,
             :class:`ShallowStem`; 18× fewer). Vector observations get the MLP stem (another choice
             than the default is an error).
+        stem_init: ``"default"`` (PyTorch's) or ``"orthogonal"`` (gain √2, zero biases; see
+            :func:`init_stem`); a ``stem_checkpoint`` replaces either.
         channels, conv_scale: the stem's channels per section / convolution (None: the stem's own,
             16-32-32 for IMPALA), each multiplied by ``conv_scale`` (the official ``--conv_scale``).
         init: the eLSTM's initialisation, ``"default"`` (U(±1/√N)) or ``"official"`` (N(0, 0.1²)).
@@ -378,6 +402,8 @@ def make_agent(
         raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; valid choices are {', '.join(STEMS)}")
+    if stem_init not in STEM_INITS:
+        raise ValueError(f"unknown stem_init {stem_init!r}; valid choices are {', '.join(STEM_INITS)}")
     if num_actions < 1:
         raise ValueError(f"num_actions must be positive, got {num_actions}")
     if conv_scale < 1:
@@ -398,6 +424,7 @@ def make_agent(
         observation_key = "observation" if observation_key is None else observation_key
     else:
         raise ValueError(f"observation_shape must be (C, H, W), (H, W, C) or (D,), got {shape}")
+    init_stem(stem_module, stem_init)
     if stem_checkpoint is not None:
         load_stem(stem_module, stem_checkpoint, freeze=freeze_stem, parts=stem_parts)
     elif freeze_stem:

@@ -117,6 +117,14 @@ def test_the_recipe_builds_the_configured_stem(tmp_path):
     assert module.agent.stem.observation_shape == (4, 84, 84)
     with pytest.raises(ValueError, match="unknown stem 'resnet'; valid choices are impala, nature, shallow"):
         R2ACModule(**small, stem="resnet")
+    module = R2ACModule(**small, stem="shallow", stem_init="orthogonal", rms_square_avg_init=1.0)
+    assert (module.agent.stem.fc[0].bias == 0).all()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert all(torch.equal(s["square_avg"], torch.ones_like(p)) for p, s in optimizer.state.items())
+    with pytest.raises(ValueError, match="unknown stem_init 'xavier'; valid choices are default, orthogonal"):
+        R2ACModule(**small, stem_init="xavier")
+    with pytest.raises(ValueError, match="rms_square_avg_init must be >= 0"):
+        R2ACModule(**small, rms_square_avg_init=-1.0)
 
 
 def test_vector_agent_and_baselines():
@@ -250,3 +258,57 @@ def test_inactive_fraction_counts_units_that_never_fire():
     features[:, :, 2] = 1.0  # unit 2 always fires
     assert inactive_fraction(features).item() == pytest.approx(3 / 5)
     assert inactive_fraction(torch.relu(torch.randn(64, 8))).item() == 0.0
+
+
+def test_orthogonal_stem_init_and_its_errors():
+    from rtrl_modules.modules import init_stem
+
+    torch.manual_seed(0)
+    default = make_agent((4, 84, 84), 6, hidden_size=8, stem="shallow").stem
+    torch.manual_seed(0)
+    orthogonal = make_agent((4, 84, 84), 6, hidden_size=8, stem="shallow", stem_init="orthogonal").stem
+    for layer in orthogonal.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = layer.weight.reshape(layer.weight.shape[0], -1)  # [out, in]: orthonormal rows, ×√2
+            torch.testing.assert_close(w @ w.T, 2 * torch.eye(w.shape[0]), atol=1e-4, rtol=0)
+            assert (layer.bias == 0).all()
+    frames = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():  # PyTorch's default init shrinks each layer's output; orthogonal keeps it
+        assert orthogonal(frames).abs().mean() > 5 * default(frames).abs().mean()
+    before = [p.clone() for p in default.parameters()]
+    init_stem(default, "default")  # keeps PyTorch's initialisation as it is
+    assert all(torch.equal(a, b) for a, b in zip(before, default.parameters()))
+    one_line = r"^unknown stem_init 'xavier'; valid choices are default, orthogonal$"
+    with pytest.raises(ValueError, match=one_line):
+        make_agent((4, 84, 84), 6, stem="shallow", stem_init="xavier")
+    with pytest.raises(ValueError, match=one_line):
+        init_stem(default, "xavier")
+
+
+def test_rmsprop_square_average_start():
+    """Started at 1 (TensorFlow's RMSProp), the first update is lr·g/(√(α + (1-α)g²) + ε), small for
+    a small gradient; PyTorch's start at 0 gives lr·g/(√(1-α)·|g| + ε) ≈ 10·lr whatever g's size."""
+    from rtrl_modules.training import make_optimizer
+
+    def first_update(square_avg_init, momentum=0.0):
+        p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        optimizer = make_optimizer(
+            [p], lr=1e-3, alpha=0.99, eps=1e-5, momentum=momentum, square_avg_init=square_avg_init
+        )
+        p.grad = torch.tensor([1e-4, 1e-2, 1.0], dtype=torch.float64)
+        optimizer.step()
+        return -p.detach(), optimizer
+
+    g = torch.tensor([1e-4, 1e-2, 1.0], dtype=torch.float64)
+    tf_like, optimizer = first_update(1.0)
+    torch.testing.assert_close(tf_like, 1e-3 * g / ((0.99 + 0.01 * g**2).sqrt() + 1e-5), rtol=1e-12, atol=0)
+    torch_like, _ = first_update(0.0)
+    torch.testing.assert_close(torch_like, 1e-3 * g / (0.1 * g + 1e-5), rtol=1e-12, atol=0)
+    assert tf_like[0] < 1e-6 and torch_like[0] > 4e-3  # a gradient of 1e-4 moves 1e-7, against 5e-3
+    # the state is the optimizer's own: saved and restored with it
+    restored = make_optimizer([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))], lr=1e-3)
+    restored.load_state_dict(optimizer.state_dict())
+    assert torch.equal(next(iter(restored.state.values()))["square_avg"], 0.99 + 0.01 * g**2)
+    assert first_update(1.0, momentum=0.9)[0][0] < 1e-6  # with momentum: its buffer starts at 0
+    with pytest.raises(ValueError, match="square_avg_init must be >= 0, got -1"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], square_avg_init=-1.0)
