@@ -10,7 +10,8 @@ frames and the wall time per run, with the raw numbers in JSON beside it.
     python benchmarks/results_table.py --tasks repeat_first_easy --cores rtrl tbptt --seeds 0 1
 
 Runs go to ``runs/results/<task>/<core>/seed_<s>/`` (kept; a finished run is not repeated unless
-``--force``).
+``--force``). ``--cores`` and ``--seeds`` choose the runs to start; each task's table, curves and the
+summary always cover every finished run found there, so a partial run never drops earlier ones.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ POPGYM = "configs/popgym/repeat_previous_easy.yaml"
 TASK = "--model.init_args.task="
 SCALE = "--model.init_args.reward_scale="
 TASKS = {
-    "repeat_previous_easy": (POPGYM, ()),
     "repeat_first_easy": ("configs/popgym/repeat_first_easy.yaml", ()),
+    "repeat_previous_easy": (POPGYM, ()),
     "count_recall_easy": (POPGYM, (TASK + "CountRecall", SCALE + "51")),
     "autoencode_easy": (POPGYM, (TASK + "Autoencode", SCALE + "52")),
     "stateless_cartpole_easy": ("configs/popgym/stateless_cartpole_easy.yaml", ()),
     "delayed_cue_online": ("configs/memory/delayed_cue_online.yaml", ()),
 }
 CORES = ("rtrl", "tbptt", "lstm", "feedforward")
+#: every core a table can hold, in table order (``rtrl_stepwise``: the fully online config)
+TABLE_CORES = ("rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward")
 
 
 def run_dir(task: str, core: str, seed: int) -> Path:
@@ -79,6 +82,17 @@ def read_result(folder: Path) -> dict | None:
         "first_training_return": float(rows[0]["episode_return"]) if rows else float("nan"),
         "wall_s": float(timing.read_text()),
     }
+
+
+def finished_runs(task: str) -> dict[tuple[str, int], dict]:
+    """Every finished run of ``task`` under ``runs/results``: (core, seed) → :func:`read_result`."""
+    found = {}
+    for core in TABLE_CORES:
+        folders = run_dir(task, core, 0).parent.glob("seed_*")
+        for seed in sorted(int(folder.name.removeprefix("seed_")) for folder in folders):
+            if (result := read_result(run_dir(task, core, seed))) is not None:
+                found[(core, seed)] = result
+    return found
 
 
 def run(task: str, core: str, seed: int, extra: list[str], force: bool) -> dict:
@@ -132,12 +146,13 @@ def table(task: str, results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--cores", nargs="+", default=list(CORES), choices=CORES + ("rtrl_stepwise",))
+    parser.add_argument("--cores", nargs="+", default=list(CORES), choices=TABLE_CORES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--out", default="docs/results", help="folder for the PNGs, tables and JSON")
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
     parser.add_argument("--report", action="store_true", help="run nothing: tabulate the finished runs")
+    # --cores and --seeds choose the runs to start; the tables hold every finished run (finished_runs)
     parser.add_argument("extra", nargs="*", help="further recipe overrides, after --")
     args = parser.parse_args(argv)
     jobs = [(t, c, s) for t in args.tasks for c in args.cores for s in args.seeds]
@@ -150,20 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     from recipes.compare import compare
 
     summary: list[str] = []
-    for task in args.tasks:
-        found = {(c, s): read_result(run_dir(task, c, s)) for c in args.cores for s in args.seeds}
-        finished = {run: result for run, result in found.items() if result is not None}
+    for task in TASKS:  # the summary holds every task with finished runs; files only for --tasks
+        finished = finished_runs(task)
         if not finished:
             continue
         results: dict[str, list[dict]] = {}
         for (c, _), result in finished.items():
             results.setdefault(c, []).append(result)
-        compare([run_dir(task, c, s) for c, s in finished], out / f"{task}.png", smoothing=20, label_by=1,
-                title=f"{task}: training return")  # fmt: skip
-        (out / f"{task}.json").write_text(json.dumps(results, indent=1))
         text = table(task, results)
-        (out / f"{task}.md").write_text(text + "\n")
-        print(f"\n## {task}\n\n{text}\n", flush=True)
+        if task in args.tasks:
+            compare([run_dir(task, c, s) for c, s in finished], out / f"{task}.png", smoothing=20,
+                    label_by=1, title=f"{task}: training return")  # fmt: skip
+            (out / f"{task}.json").write_text(json.dumps(results, indent=1))
+            (out / f"{task}.md").write_text(text + "\n")
+            print(f"\n## {task}\n\n{text}\n", flush=True)
         summary.append(f"| **{task}** |" + " |" * 5)
         summary += ["| " + row.lstrip("| ") for row in text.splitlines()[2:]]
     (out / "summary.md").write_text("\n".join([SUMMARY_HEAD, *summary]) + "\n")
