@@ -242,9 +242,10 @@ STEM_INITS: tuple[str, ...] = ("default", "orthogonal")
 def init_stem(stem: nn.Module, kind: str = "orthogonal", gain: float = math.sqrt(2)) -> nn.Module:
     """Initialise the stem's convolutions and linear layers in place; returns ``stem``.
 
-    ``"default"`` keeps PyTorch's (Kaiming-uniform with a = √5: each layer shrinks its input about
-    √3×, so a fresh pixel stem's outputs are ~0.01). ``"orthogonal"`` uses orthogonal weights of
-    ``gain`` √2 and zero biases (A2C's and CleanRL's Atari networks): outputs of order 0.1-1.
+    ``"default"`` keeps PyTorch's (Kaiming-uniform with a = √5, which shrinks the signal at every
+    layer: on Pong frames a fresh shallow or Nature stem's outputs are ~0.01). ``"orthogonal"`` uses
+    orthogonal weights of ``gain`` √2 and zero biases (A2C's and CleanRL's Atari networks): outputs
+    ~0.1-0.25 on the same frames.
     """
     if kind not in STEM_INITS:
         raise ValueError(f"unknown stem_init {kind!r}; valid choices are {', '.join(STEM_INITS)}")
@@ -252,7 +253,8 @@ def init_stem(stem: nn.Module, kind: str = "orthogonal", gain: float = math.sqrt
         for layer in stem.modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 nn.init.orthogonal_(layer.weight, gain)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
     return stem
 
 
