@@ -48,8 +48,12 @@ CORES = ("rtrl", "tbptt", "lstm", "feedforward")
 TABLE_CORES = ("rtrl", "rtrl_stepwise", "tbptt", "lstm", "feedforward")
 
 
+def core_dir(task: str, core: str) -> Path:
+    return ROOT / "runs" / "results" / task / core
+
+
 def run_dir(task: str, core: str, seed: int) -> Path:
-    return ROOT / "runs" / "results" / task / core / f"seed_{seed}"
+    return core_dir(task, core) / f"seed_{seed}"
 
 
 def command(task: str, core: str, seed: int, extra: list[str]) -> list[str]:
@@ -88,7 +92,7 @@ def finished_runs(task: str) -> dict[tuple[str, int], dict]:
     """Every finished run of ``task`` under ``runs/results``: (core, seed) → :func:`read_result`."""
     found = {}
     for core in TABLE_CORES:
-        folders = run_dir(task, core, 0).parent.glob("seed_*")
+        folders = core_dir(task, core).glob("seed_*")
         for seed in sorted(int(folder.name.removeprefix("seed_")) for folder in folders):
             if (result := read_result(run_dir(task, core, seed))) is not None:
                 found[(core, seed)] = result

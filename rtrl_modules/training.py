@@ -398,10 +398,10 @@ def make_optimizer(
     if square_avg_init > 0:
         # Filled in before the first step, this state is what torch.optim.RMSprop would create, with
         # the average at square_avg_init instead of 0; it is saved and restored like any other.
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
         for group in optimizer.param_groups:
             for p in group["params"]:
                 state = optimizer.state[p]
-                step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
                 state["step"] = torch.zeros((), dtype=step_dtype)
                 state["square_avg"] = torch.full_like(p, square_avg_init, memory_format=torch.preserve_format)
                 if momentum > 0:

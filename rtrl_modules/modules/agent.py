@@ -404,8 +404,6 @@ def make_agent(
         raise ValueError(f"unknown core {core!r}; valid choices are {', '.join(RECURRENT_KINDS)}")
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; valid choices are {', '.join(STEMS)}")
-    if stem_init not in STEM_INITS:
-        raise ValueError(f"unknown stem_init {stem_init!r}; valid choices are {', '.join(STEM_INITS)}")
     if num_actions < 1:
         raise ValueError(f"num_actions must be positive, got {num_actions}")
     if conv_scale < 1:
