@@ -34,6 +34,7 @@ from rtrl_modules.training import (
     COLLECTION_MODES,
     SENSITIVITY_SOURCES,
     SLOT_KEY,
+    EnvSlot,
     env_factory,
     episode_stats,
     inactive_fraction,
@@ -86,7 +87,8 @@ class R2ACModule(LightningModule):
         rms_square_avg_init: RMSProp's starting average of squared gradients: 0 (PyTorch's) or 1
             (TensorFlow's, which A2C's published settings assume: small first updates instead of
             ~10·lr; see ``rtrl_modules.training.make_optimizer``).
-        gamma, entropy_cost, baseline_cost, reward_scale, reward_clip, reduction: the R2AC loss.
+        gamma, entropy_cost, baseline_cost, reward_scale, reward_clip, reduction, clip_ratio: the R2AC
+            loss (``clip_ratio``: PPO's clipped surrogate, for ``update_epochs`` > 1).
         stem_checkpoint, stem_parts, freeze_stem: pre-trained vision stem (ours or an official
             checkpoint; paper's DMLab memory setting): ``stem_parts`` ``"all"`` or ``"conv"``
             (official ``--not_load_fc``); ``freeze_stem`` False, True / ``"all"``, ``"conv"``,
@@ -111,6 +113,11 @@ class R2ACModule(LightningModule):
             ``weight_update_interval`` updates; ``"async"`` trains on each worker's
             [num_envs, M] batch as it arrives, ``"sync"`` on all workers' [num_workers·num_envs, M]).
             The learner carries exact RTRL per env slot across workers; V-trace corrects the lag.
+        update_epochs, minibatches: updates per collected batch (PPO-style reuse): ``update_epochs``
+            passes over the batch, each split into ``minibatches`` random groups of env rows; 1, 1
+            (default): one update per batch, as the paper. V-trace corrects the targets for the
+            policy's lag; ``clip_ratio`` bounds the policy's steps. RTRL stays exact (each pass
+            repeats its segment's start; the envs tag their rows with their slot, ``EnvSlot``).
         sensitivities: who carries the RTRL sensitivities with ``"sync"``/``"async"``:
             ``"learner"`` (default, per env slot) or ``"actor"`` (the official code's way: the actors
             step them with their weights and ship S_0 once per segment; RTRL cores only).
@@ -145,6 +152,7 @@ class R2ACModule(LightningModule):
         reward_scale: float = 1.0,
         reward_clip: float | None = 1.0,
         reduction: Literal["sum", "mean"] = "sum",
+        clip_ratio: float | None = None,
         stem_checkpoint: str | None = None,
         stem_parts: Literal["all", "conv"] = "all",
         freeze_stem: bool | Literal["all", "conv", "fc"] = False,
@@ -159,6 +167,8 @@ class R2ACModule(LightningModule):
         num_workers: int = 1,
         weight_update_interval: int = 1,
         sensitivities: Literal["learner", "actor"] = "learner",
+        update_epochs: int = 1,
+        minibatches: int = 1,
     ) -> None:
         super().__init__()
         # Literal types let the CLI reject bad values while parsing; these checks serve Python callers.
@@ -188,6 +198,8 @@ class R2ACModule(LightningModule):
             ("validation_episodes", validation_episodes),
             ("num_workers", num_workers),
             ("weight_update_interval", weight_update_interval),
+            ("update_epochs", update_epochs),
+            ("minibatches", minibatches),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -195,6 +207,10 @@ class R2ACModule(LightningModule):
             raise ValueError(
                 f"total_frames={total_frames} is less than one update (num_envs × segment_length = "
                 f"{num_envs} × {segment_length} = {num_envs * segment_length} frames)"
+            )
+        if minibatches > num_envs:
+            raise ValueError(
+                f"minibatches={minibatches} exceeds num_envs={num_envs} (minibatches split env rows)"
             )
         if sensitivities == "actor" and (collection == "single" or not core.startswith("rtrl")):
             raise ValueError(
@@ -216,11 +232,17 @@ class R2ACModule(LightningModule):
             raise ValueError(
                 f"rms_square_avg_init must be >= 0 (0: PyTorch's, 1: TensorFlow's), got {rms_square_avg_init}"
             )
+        self._tags_env_slots = (collection != "single" or minibatches > 1) and core.startswith(
+            ("rtrl", "tbptt")
+        )
         self.frames = 0
         self.batch_frames = 0  # frames of the latest batch
         self.best_validation = -math.inf  # best validation mean return so far (validate_every)
         self.history: list[dict[str, float]] = []
         self._resume: dict[str, Any] | None = None
+        # The latest batch and the row groups of its updates still to make (update_epochs, minibatches)
+        self._batch: TensorDictBase | None = None
+        self._pending_rows: list[torch.Tensor] = []
         # The networks are built here (not in setup) so checkpoints load into them; envs come in setup.
         probe = self._make_env(num_envs=1, seed=seed)
         observation_key = "pixels" if "pixels" in probe.observation_spec.keys() else "observation"
@@ -243,12 +265,9 @@ class R2ACModule(LightningModule):
                 if forget_bias is not None and core.startswith(("rtrl", "tbptt"))
                 else {}
             ),
-            # Worker processes tag their envs with learner slots: exact RTRL per env slot across workers.
-            **(
-                {"slot_key": SLOT_KEY}
-                if collection != "single" and core.startswith(("rtrl", "tbptt"))
-                else {}
-            ),
+            # Envs tagged with learner slots (worker processes, minibatches of env rows): exact RTRL
+            # per env slot whichever rows a batch holds.
+            **({"slot_key": SLOT_KEY} if self._tags_env_slots else {}),
         )
         probe.close()
         self.actor, self.network = self.agent.actor, self.agent.network
@@ -260,6 +279,7 @@ class R2ACModule(LightningModule):
             reward_scale=reward_scale,
             reward_clip=reward_clip,
             reduction=reduction,
+            clip_ratio=clip_ratio,
         )
         # Envs and collector are runtime objects, not submodules: not in state_dict, not wrapped by DDP.
         self._runtime: dict[str, Any] = {}
@@ -300,6 +320,8 @@ class R2ACModule(LightningModule):
         torch.manual_seed(seed)
         if hp.collection == "single":
             env = self._add_agent_transforms(self._make_env(hp.num_envs, seed))
+            if self._tags_env_slots:
+                env.append_transform(EnvSlot())
             collector = make_collector(env, self.actor, hp.segment_length)
         else:  # this rank's workers build their own envs (worker w: seed + 100·w)
             env, options = None, hp.env_options or {}
@@ -334,29 +356,45 @@ class R2ACModule(LightningModule):
     def updates_per_run(self) -> int:
         hp = self.hparams
         rows = hp.num_envs * (hp.num_workers if hp.collection == "sync" else 1)
-        return math.ceil(hp.total_frames / (rows * hp.segment_length))
+        return math.ceil(hp.total_frames / (rows * hp.segment_length)) * hp.update_epochs * hp.minibatches
+
+    def _plan_updates(self, rows: int) -> list[torch.Tensor]:
+        """Row indices of each update on a batch of ``rows`` env rows: ``update_epochs`` passes,
+        each a random split into ``minibatches`` groups (the whole batch, in order, if 1)."""
+        hp = self.hparams
+        plan = []
+        for _ in range(hp.update_epochs):
+            order = torch.randperm(rows) if hp.minibatches > 1 else torch.arange(rows)
+            plan.extend(order.tensor_split(hp.minibatches))
+        return plan
 
     # ------------------------------------------------------------------------------------ training
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
         # Taking the iterator (not a batch) stops Lightning from prefetching: each segment is
         # collected with the parameters of the latest update, and a checkpoint never loses a
-        # collected-but-untrained segment (which would misalign the carried sensitivities).
-        batch, _, _ = next(dataloader_iter)  # (batch, batch index, dataloader index)
-        total, metrics = loss_and_metrics(self.loss, batch)
+        # collected-but-untrained segment (which would misalign the carried sensitivities); a batch
+        # with updates still to make is saved with the checkpoint.
+        log, batch = {}, None
+        if not self._pending_rows:  # the latest batch is used up: collect the next one
+            batch, _, _ = next(dataloader_iter)  # (batch, batch index, dataloader index)
+            self._batch, self._pending_rows = batch, self._plan_updates(batch.shape[0])
+            self.frames += batch.numel()
+            self.batch_frames = batch.numel()  # all workers' rows in "sync" collection
+            now = time.monotonic()
+            if getattr(self, "_step_clock", None) is not None and now > self._step_clock:
+                log["train/fps"] = batch.numel() * self.trainer.world_size / (now - self._step_clock)
+            self._step_clock = now
+        rows = self._pending_rows.pop(0)
+        update = self._batch if self.hparams.minibatches == 1 else self._batch[rows]
+        total, metrics = loss_and_metrics(self.loss, update)
         self.last_loss = total.detach()  # read by recipes.callbacks.DivergenceGuard
-        self.frames += batch.numel()
-        self.batch_frames = batch.numel()  # all workers' rows in "sync" collection
-        log = {f"train/{k}": v for k, v in metrics.items()}
+        log.update({f"train/{k}": v for k, v in metrics.items()})
         log["train/loss"] = total.detach()
         log["frames"] = float(self.frames * self.trainer.world_size)
         log["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
-        now = time.monotonic()
-        if getattr(self, "_step_clock", None) is not None and now > self._step_clock:
-            log["train/fps"] = batch.numel() * self.trainer.world_size / (now - self._step_clock)
-        self._step_clock = now
-        if "embed_obs" in batch.keys():  # the stem's ReLU output, as the actors computed it
-            log["train/stem_inactive_units"] = inactive_fraction(batch.get("embed_obs"))
-        stats = episode_stats(batch)
+        if "embed_obs" in update.keys():  # the stem's ReLU output, as the actors computed it
+            log["train/stem_inactive_units"] = inactive_fraction(update.get("embed_obs"))
+        stats = {} if batch is None else episode_stats(batch)  # a batch's episodes count once
         if "episode_return" in stats and stats["episode_return"].numel():
             log["train/episode_return"] = stats["episode_return"].mean()
             log["train/episode_length"] = stats["episode_length"].mean()
@@ -408,6 +446,14 @@ class R2ACModule(LightningModule):
             else self.collector._carrier.to_dict(),
             "env_state": self._env_state(),
             "rng": torch.get_rng_state(),
+            # updates still to make on the latest batch (update_epochs, minibatches > 1)
+            "pending": None
+            if not self._pending_rows
+            else {
+                "batch": self._batch.to_dict(),
+                "batch_size": list(self._batch.batch_size),
+                "rows": list(self._pending_rows),
+            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -415,6 +461,10 @@ class R2ACModule(LightningModule):
         self.frames = int(state.get("frames", 0))
         self.best_validation = float(state.get("best_validation", -math.inf))
         self.history = list(state.get("history", []))
+        pending = state.get("pending")
+        if pending is not None:
+            self._batch = TensorDict.from_dict(pending["batch"], batch_size=pending["batch_size"])
+            self._pending_rows = list(pending["rows"])
         self._resume = state
 
     def _env_state(self) -> dict[str, Any] | None:
@@ -518,8 +568,10 @@ class R2ACModule(LightningModule):
         if float(value) > self.best_validation:
             self.best_validation = float(value)
             callback = self.trainer.checkpoint_callback
-            folder = Path(callback.dirpath) if callback is not None and callback.dirpath else (
-                Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
+            folder = (
+                Path(callback.dirpath)
+                if callback is not None and callback.dirpath
+                else (Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints")
             )
             self.trainer.save_checkpoint(folder / "best.ckpt")
 

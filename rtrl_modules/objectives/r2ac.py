@@ -11,6 +11,14 @@ gradients), bootstraps from the value of the observation after the segment, and 
 with V-trace targets v_t from TorchRL's ``vtrace_advantage_estimate``, γ_t = 0 after an episode
 end (IMPALA/torchbeast: a truncated episode is cut like a terminated one), rewards optionally
 clipped, and the sums over batch and time (``reduction="sum"``, the paper's) or means.
+
+With ``clip_ratio`` = ε (for several updates on one batch) the policy term is PPO's clipped
+surrogate on the same advantage, as in Sample Factory's APPO (Petrenko et al., 2020): with
+r_t = π(a_t | x_≤t) / μ(a_t | x_≤t) (μ: the behaviour policy) and A_t = r_t + γ_t v_{t+1} − V(x_t),
+
+    loss_objective = −Σ_t min(r_t A_t, clip(r_t, 1 − ε, 1 + ε) A_t)
+
+whose gradient on the first update of a batch (π = μ, r_t = 1) is the V-trace term's.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ class R2ACLoss(LossModule):
             rewards × the episode length: ±1 per step); the logged returns stay unscaled.
         reward_clip: clip rewards to [−reward_clip, reward_clip]; None keeps them raw.
         reduction: ``"sum"`` over batch and time (paper, torchbeast) or ``"mean"``.
+        clip_ratio: None (the paper's V-trace policy gradient) or PPO's clipping ε of the ratio
+            π/μ (a trust region for several updates per batch); logs ``clip_fraction``.
 
     The input segment is what a TorchRL ``Collector`` returns, [B, T]: observations, ``action``
     (integer index), the behaviour log-probability (``action_log_prob``, TorchRL 0.14's key),
@@ -78,6 +88,7 @@ class R2ACLoss(LossModule):
         reward_scale: float = 1.0,
         reward_clip: float | None = 1.0,
         reduction: str = "sum",
+        clip_ratio: float | None = None,
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -88,6 +99,9 @@ class R2ACLoss(LossModule):
             raise ValueError(f"reward_scale must be positive, got {reward_scale}")
         if reward_clip is not None and reward_clip <= 0:
             raise ValueError(f"reward_clip must be positive or None, got {reward_clip}")
+        if clip_ratio is not None and not 0.0 < clip_ratio < 1.0:
+            raise ValueError(f"clip_ratio must be in (0, 1) or None, got {clip_ratio}")
+        self.clip_ratio = clip_ratio
         self.agent_network = agent_network
         self.gamma, self.rho_thresh, self.c_thresh = gamma, rho_thresh, c_thresh
         self.entropy_cost, self.baseline_cost = entropy_cost, baseline_cost
@@ -110,7 +124,7 @@ class R2ACLoss(LossModule):
 
     @property
     def out_keys(self) -> list[str]:
-        return ["loss_objective", "loss_critic", "loss_entropy", "entropy", "advantage_mean"]
+        return ["loss_objective", "loss_critic", "loss_entropy", "entropy", "advantage_mean", "clip_fraction"]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         keys = self.tensor_keys
@@ -172,15 +186,26 @@ class R2ACLoss(LossModule):
                 terminated=done, rho_thresh=rho_thresh, c_thresh=c_thresh, time_dim=-2,
             )  # fmt: skip
 
+        if self.clip_ratio is None:
+            objective, clipped = log_pi * pg_advantage, torch.zeros_like(value)
+        else:  # PPO's clipped surrogate on the advantage against the V-trace target of the next step
+            next_vs = torch.cat((vs[:, 1:], bootstrap.detach().view_as(value[:, :1])), dim=1)
+            advantage = reward + gamma * (~done) * next_vs - value.detach()
+            ratio = (log_pi - log_mu).exp()
+            low, high = 1.0 - self.clip_ratio, 1.0 + self.clip_ratio
+            objective = torch.min(ratio * advantage, ratio.clamp(low, high) * advantage)
+            clipped = ((ratio < low) | (ratio > high)).to(value.dtype).detach()
+
         entropy = -(log_probs.exp() * log_probs).sum(-1, keepdim=True)
         reduce = torch.sum if self.reduction == "sum" else (lambda t: t.sum() / mask.sum().clamp_min(1))
         return TensorDict(
             {
-                "loss_objective": -reduce(mask * log_pi * pg_advantage),
+                "loss_objective": -reduce(mask * objective),
                 "loss_critic": self.baseline_cost * 0.5 * reduce(mask * (vs - value).pow(2)),
                 "loss_entropy": -self.entropy_cost * reduce(mask * entropy),
                 "entropy": (mask * entropy).sum().detach() / mask.sum().clamp_min(1),
                 "advantage_mean": (mask * pg_advantage).sum() / mask.sum().clamp_min(1),
+                "clip_fraction": (mask * clipped).sum() / mask.sum().clamp_min(1),
             },
             batch_size=[],
         )

@@ -47,9 +47,9 @@ from torchrl.objectives.value import GAE
 
 from rtrl_modules import TruncatedGradientError, TruncatedGradientWarning
 from rtrl_modules.core import bptt_reference
+from rtrl_modules.training import SLOT_KEY, EnvSlot
 
 SLICE = 6
-
 
 
 # ------------------------------------------------------------------------------------------ DQN
@@ -190,9 +190,10 @@ def reference(ref_loss, batches, epochs=2):
             loss_total(ref_loss(batch.clone())).backward(retain_graph=True)
 
 
-def full_episode_bptt(agent, batches, epochs=2):
+def full_episode_bptt(agent, batches, epochs=2, plan=None):
     """Independent oracle for consecutive [E, T] batches: the whole rollout's features by one plain
-    autograd unroll from the episode starts, fed to a ClipPPOLoss on the heads alone."""
+    autograd unroll from the episode starts, fed to a ClipPPOLoss on the heads alone. ``plan``: per
+    batch, the env rows of each loss call (minibatches), else ``epochs`` calls on the whole batch."""
     whole = torch.cat(batches, -1)
     rows = whole.reshape(-1, whole.shape[-1])
     features, _ = bptt_reference(
@@ -210,8 +211,8 @@ def full_episode_bptt(agent, batches, epochs=2):
     for k, batch in enumerate(batches):
         td = batch.exclude("features").clone()
         td["features"] = features[..., k * steps : (k + 1) * steps, :]
-        for _ in range(epochs):
-            loss_total(loss(td.clone())).backward(retain_graph=True)
+        for rows in [slice(None)] * epochs if plan is None else plan[k]:
+            loss_total(loss(td[rows].clone())).backward(retain_graph=True)
 
 
 def compared(agent):
@@ -353,6 +354,37 @@ def test_rows_permuted_between_segments_stay_exact():
     permuted = [batches[0], batches[1][torch.tensor([2, 0, 1])], batches[2][torch.tensor([1, 2, 0])]]
     check_on_policy(agent, permuted, in_order=False)
     assert_grads_equal(grads_of(compared(agent)), want)
+
+
+# ------------------------------------------------------------------ minibatches of env rows
+def test_minibatches_of_env_rows_tagged_by_env_slot_are_full_bptt():
+    """PPO-style reuse as the R2AC recipe runs it (``update_epochs`` passes of ``minibatches`` random
+    groups of env rows): 4 CartPoles tagged by ``EnvSlot``, an RTRL module with ``slot_key``, 3
+    consecutive batches, 2 passes of 2 minibatches each: every start is exact and the summed gradient
+    is full-episode BPTT."""
+    agent = Agent(seed=6, slot_key=SLOT_KEY)
+    env = make_env(4)
+    env.append_transform(EnvSlot())
+    env.set_seed(6)
+    batches = collect(agent, env, batches=3, steps=10)
+    assert not batches[1]["is_init"][:, 0].all(), "need an episode that spans two batches"
+    for batch in batches:
+        advantages(agent, batch)
+    gen = torch.Generator().manual_seed(0)
+    plan = [
+        [rows for _ in range(2) for rows in torch.randperm(4, generator=gen).tensor_split(2)] for _ in batches
+    ]
+    loss, _, _ = ppo_losses(agent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncatedGradientWarning)
+        for batch, calls in zip(batches, plan):
+            for rows in calls:
+                loss_total(loss(batch[rows].clone())).backward()
+    assert reported(agent.rec)["truncated"] == 0 and reported(agent.rec)["exact"] >= 3 * 4 * 4
+    got = grads_of(compared(agent))
+    zero_grads(*compared(agent).values())
+    full_episode_bptt(agent, batches, plan=plan)
+    assert_grads_equal(got, grads_of(compared(agent)))
 
 
 # ------------------------------------------------------------------ replay between on-policy

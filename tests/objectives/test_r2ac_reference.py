@@ -116,6 +116,51 @@ def test_loss_and_gradients_equal_reference(reduction, rho_bar, reward_scale, de
         torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_clipped_surrogate_equals_reference_and_is_the_vtrace_gradient_on_policy():
+    torch.manual_seed(0)
+    heads = Heads().double()
+    agent = TensorDictModule(heads, in_keys=["observation"], out_keys=["logits", "state_value"])
+    loss_fn = R2ACLoss(agent, gamma=0.9, entropy_cost=0.0, baseline_cost=0.0, clip_ratio=0.2)
+    batch = make_batch()
+    out = loss_fn(batch)
+    out["loss_objective"].backward()
+    got = {n: p.grad.clone() for n, p in heads.named_parameters()}
+
+    heads.zero_grad()
+    logits, value = heads(batch["observation"])
+    _, bootstrap = heads(batch["next", "observation"][:, -1:])
+    log_pi = logits.log_softmax(-1).gather(-1, batch["action"].unsqueeze(-1))
+    reward, done = batch["next", "reward"].clamp(-1, 1), batch["next", "done"]
+    log_rho = log_pi.detach() - batch["action_log_prob"].unsqueeze(-1)
+    vs, _ = reference_vtrace(value.detach(), bootstrap.detach(), reward, done, log_rho, 0.9, 1.0, 1.0)
+    advantage = (
+        reward + 0.9 * (~done).double() * torch.cat((vs[:, 1:], bootstrap.detach()), 1) - value.detach()
+    )
+    ratio = (log_pi - batch["action_log_prob"].unsqueeze(-1)).exp()
+    want = -torch.min(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage).sum()
+    torch.testing.assert_close(out["loss_objective"], want.detach(), rtol=1e-12, atol=1e-12)
+    want.backward()
+    for name, p in heads.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12)
+    outside = ((ratio < 0.8) | (ratio > 1.2)).double().mean()
+    assert 0 < float(out["clip_fraction"]) == pytest.approx(float(outside))
+
+    # On the batch's first update (the behaviour policy is the current one) both losses have the same
+    # gradient: the clipped surrogate only differs once the policy has moved.
+    batch["action_log_prob"] = log_pi.detach().squeeze(-1)
+    grads = []
+    for clip in (None, 0.2):
+        heads.zero_grad()
+        loss = R2ACLoss(agent, gamma=0.9, entropy_cost=0.0, baseline_cost=0.0, clip_ratio=clip)(batch)
+        loss["loss_objective"].backward()
+        grads.append([p.grad.clone() for p in heads.parameters()])
+        assert float(loss["clip_fraction"]) == 0.0
+    for vtrace, clipped in zip(*grads):
+        torch.testing.assert_close(vtrace, clipped, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"clip_ratio must be in \(0, 1\) or None, got 1.5"):
+        R2ACLoss(agent, clip_ratio=1.5)
+
+
 def test_masked_reset_transitions_contribute_nothing():
     """An envpool-style reset transition (the step after `done`, mask False) must not be trained on."""
     heads = Heads().double()

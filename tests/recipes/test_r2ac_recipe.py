@@ -199,13 +199,14 @@ def test_ddp_fit_on_two_cpu_processes_keeps_ranks_identical(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ resume
-def small_module() -> R2ACModule:
+def small_module(**overrides) -> R2ACModule:
     seed_everything(0)
-    return R2ACModule(
+    options = dict(
         suite="memory", task="delayed_cue", num_envs=4, env_options={"delay": 6}, core="rtrl",
         hidden_size=8, embed_size=8, forget_bias=2.0, segment_length=3, total_frames=4 * 3 * 10,
         lr=1e-2, num_threads=1,
     )  # fmt: skip
+    return R2ACModule(**{**options, **overrides})
 
 
 def trainer(root: Path, max_steps: int = -1, callbacks=()) -> Trainer:
@@ -255,3 +256,35 @@ def test_kill_and_resume_restores_carried_state_and_continues_the_same_run(tmp_p
     assert resumed.frames == full.frames == 120
     for (name, p_full), p_resumed in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(p_full, p_resumed), name
+
+
+def test_several_updates_per_batch_stay_exact_rtrl_and_resume_between_them(tmp_path):
+    # 16 envs whose episodes span many segments; 10 batches, each used for 2 passes of 4 minibatches
+    # of env rows: 80 updates. The envs tag their rows with their slots, so each minibatch row finds its
+    # own env's carried sensitivities (by state alone, equal states of different envs are ambiguous).
+    reuse = dict(
+        update_epochs=2, minibatches=4, num_envs=16, env_options={"delay": 40}, total_frames=16 * 3 * 10
+    )
+    full = small_module(**reuse)
+    assert full.updates_per_run == 80
+    trainer(tmp_path / "full").fit(full)
+    assert full.frames == 480 and full.trainer.global_step == 80
+    # Every pass repeats its segment's start or continues the previous batch's: exact RTRL throughout.
+    assert full.agent.core.segment_starts == {"exact": 80 * 4, "truncated": 0}
+    # Stopped after 5 updates (the middle of the first batch) and resumed: the same run.
+    first = small_module(**reuse)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    trainer(tmp_path / "first", max_steps=5, callbacks=[checkpoint]).fit(first)
+    path = tmp_path / "ckpt" / "epoch=0-step=5.ckpt"
+    assert len(torch.load(path, weights_only=True)["r2ac"]["pending"]["rows"]) == 3
+    resumed = small_module(**reuse)
+    trainer(tmp_path / "resumed").fit(resumed, ckpt_path=path)
+    assert resumed.frames == 480 and resumed.trainer.global_step == 80
+    for (name, p_full), p_resumed in zip(full.named_parameters(), resumed.parameters()):
+        assert torch.equal(p_full, p_resumed), name
+    # One update per batch is the paper's recipe; more passes are more updates, not more frames.
+    assert small_module().updates_per_run == 10
+    with pytest.raises(ValueError, match="minibatches=5 exceeds num_envs=4"):
+        small_module(minibatches=5)
+    with pytest.raises(ValueError, match="update_epochs must be >= 1, got 0"):
+        small_module(update_epochs=0)
