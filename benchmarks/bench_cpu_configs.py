@@ -8,8 +8,9 @@ For each config this builds the ``R2ACModule`` the recipe builds (``recipes.cli.
 so every config value and ``--set key=value`` override, e.g. ``--set num_envs=16``, applies) once
 per core, sets up its envs and collector (``setup("fit")``), and runs the recipe's update: collect a
 [num_envs, M] segment, the R2AC loss, backward, gradient-norm clip 40, RMSProp with the linear
-decay (as Lightning does, without its logging and checkpoints). One untimed warm-up update per core;
-then ``--rounds`` rounds of ``--updates`` timed updates per core, the cores taking turns within each
+decay (as Lightning does, without its logging and checkpoints), ``update_epochs × minibatches``
+times per segment where the config asks for several updates per batch. One untimed warm-up update
+per core; then ``--rounds`` rounds of ``--updates`` timed updates per core, the cores taking turns within each
 round, so both see the same machine load (this machine is shared and noisy: compare the ratio, not
 absolute numbers across runs). Prints a markdown table row per config: frames/s per core (all
 timed frames / all timed seconds) and the rtrl / tbptt time ratio (median of the per-round ratios).
@@ -63,7 +64,8 @@ def timed_updates(run, updates: int) -> tuple[int, float]:
     frames = 0
     for _ in range(updates):  # the recipe's update: collect, loss, backward, clip 40, RMSProp step
         batch = module.collect()
-        update(module.loss, batch, optimizer, scheduler, max_grad_norm=40.0)
+        for rows in module.plan_updates(batch.shape[0]):  # update_epochs × minibatches steps
+            update(module.loss, batch[rows], optimizer, scheduler, max_grad_norm=40.0)
         frames += batch.numel()
     return frames, time.perf_counter() - start
 

@@ -358,7 +358,7 @@ class R2ACModule(LightningModule):
         rows = hp.num_envs * (hp.num_workers if hp.collection == "sync" else 1)
         return math.ceil(hp.total_frames / (rows * hp.segment_length)) * hp.update_epochs * hp.minibatches
 
-    def _plan_updates(self, rows: int) -> list[torch.Tensor]:
+    def plan_updates(self, rows: int) -> list[torch.Tensor]:
         """Row indices of each update on a batch of ``rows`` env rows: ``update_epochs`` passes,
         each a random split into ``minibatches`` groups (the whole batch, in order, if 1)."""
         hp = self.hparams
@@ -377,7 +377,7 @@ class R2ACModule(LightningModule):
         log, batch = {}, None
         if not self._pending_rows:  # the latest batch is used up: collect the next one
             batch, _, _ = next(dataloader_iter)  # (batch, batch index, dataloader index)
-            self._batch, self._pending_rows = batch, self._plan_updates(batch.shape[0])
+            self._batch, self._pending_rows = batch, self.plan_updates(batch.shape[0])
             self.frames += batch.numel()
             self.batch_frames = batch.numel()  # all workers' rows in "sync" collection
             now = time.monotonic()
