@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -26,21 +27,25 @@ def cli_args(config: Path, *extra: str) -> list[str]:
     return ["--config", str(config), *extra]
 
 
+def small(config: Path) -> list[str]:
+    """``SMALL`` (2 envs), with a config's minibatches of env rows capped at those 2 envs."""
+    model = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
+    return SMALL + (["--model.init_args.minibatches=2"] if model.get("minibatches", 1) > 2 else [])
+
+
 @pytest.mark.parametrize("config", R2AC_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_config_parses_and_builds(config, fake_lab, tmp_path):
     """Each config builds its module (real Atari/ProcGen engines; DMLab against the fake engine)."""
-    cli = main(cli_args(config, *SMALL, f"--trainer.default_root_dir={tmp_path}"), run=False)
+    cli = main(cli_args(config, *small(config), f"--trainer.default_root_dir={tmp_path}"), run=False)
     module = cli.model
     assert isinstance(module, R2ACModule)
     assert module.hparams.suite == config.parent.name or config.name == "default.yaml"
     assert module.hparams.core.startswith("rtrl")  # rtrl, or rtrl_stepwise in the fully online config
-    import yaml
-
     # the paper's clip (the CLI's default) unless the config sets its own (pong_cpu: A2C's 0.5)
     clip = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("gradient_clip_val", 40.0)
     assert cli.trainer.gradient_clip_val == clip and (clip == 40.0 or config.stem.endswith("_cpu"))
     # the baselines are one override away
-    cli = main(cli_args(config, *SMALL, "--model.init_args.core=tbptt"), run=False)
+    cli = main(cli_args(config, *small(config), "--model.init_args.core=tbptt"), run=False)
     assert cli.model.agent.core.gradient == "tbptt"
 
 
@@ -54,7 +59,7 @@ CPU_CONFIGS = [
 @pytest.mark.parametrize("config", CPU_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_cpu_config_trains_a_few_updates(config, tmp_path):
     """The configs run here (docs/results.md) train, on their real engines, for 2 updates."""
-    cli = main(cli_args(config, *SMALL, "--trainer.max_steps=2", "--model.init_args.eval_episodes=0",
+    cli = main(cli_args(config, *small(config), "--trainer.max_steps=2", "--model.init_args.eval_episodes=0",
                         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"),
                run=False)  # fmt: skip
     before = [p.detach().clone() for p in cli.model.parameters()]
