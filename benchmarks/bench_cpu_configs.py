@@ -65,7 +65,7 @@ def timed_updates(run, updates: int) -> tuple[int, float]:
     for _ in range(updates):  # the recipe's update: collect, loss, backward, clip 40, RMSProp step
         batch = module.collect()
         for rows in module.plan_updates(batch.shape[0]):  # update_epochs × minibatches steps
-            update(module.loss, batch[rows], optimizer, scheduler, max_grad_norm=40.0)
+            update(module.loss, module.minibatch(batch, rows), optimizer, scheduler, max_grad_norm=40.0)
         frames += batch.numel()
     return frames, time.perf_counter() - start
 

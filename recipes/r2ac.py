@@ -368,6 +368,11 @@ class R2ACModule(LightningModule):
             plan.extend(order.tensor_split(hp.minibatches))
         return plan
 
+    def minibatch(self, batch: TensorDictBase, rows: torch.Tensor) -> TensorDictBase:
+        """The [len(rows), M] part of ``batch`` that one planned update trains on (the batch itself
+        when updates take whole batches, so nothing is copied)."""
+        return batch if self.hparams.minibatches == 1 else batch[rows]
+
     # ------------------------------------------------------------------------------------ training
     def training_step(self, dataloader_iter: Iterator) -> torch.Tensor:
         # Taking the iterator (not a batch) stops Lightning from prefetching: each segment is
@@ -385,7 +390,7 @@ class R2ACModule(LightningModule):
                 log["train/fps"] = batch.numel() * self.trainer.world_size / (now - self._step_clock)
             self._step_clock = now
         rows = self._pending_rows.pop(0)
-        update = self._batch if self.hparams.minibatches == 1 else self._batch[rows]
+        update = self.minibatch(self._batch, rows)
         total, metrics = loss_and_metrics(self.loss, update)
         self.last_loss = total.detach()  # read by recipes.callbacks.DivergenceGuard
         log.update({f"train/{k}": v for k, v in metrics.items()})

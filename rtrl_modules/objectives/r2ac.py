@@ -173,7 +173,8 @@ class R2ACLoss(LossModule):
         log_probs = torch.log_softmax(logits, dim=-1)
         log_pi = log_probs.gather(-1, action.unsqueeze(-1))  # [B, T, 1]
         log_mu = tensordict.get(keys.sample_log_prob).to(value.dtype).view_as(value)
-        next_value = torch.cat((value[:, 1:].detach(), bootstrap.detach().view_as(value[:, :1])), dim=1)
+        bootstrap = bootstrap.detach().view_as(value[:, :1])
+        next_value = torch.cat((value[:, 1:].detach(), bootstrap), dim=1)
         # Constants as tensors of the values' dtype: TorchRL turns Python floats into float32 tensors,
         # which would round γ, ρ̄ and c̄ in a float64 run.
         gamma, rho_thresh, c_thresh = (
@@ -189,7 +190,7 @@ class R2ACLoss(LossModule):
         if self.clip_ratio is None:
             objective, clipped = log_pi * pg_advantage, torch.zeros_like(value)
         else:  # PPO's clipped surrogate on the advantage against the V-trace target of the next step
-            next_vs = torch.cat((vs[:, 1:], bootstrap.detach().view_as(value[:, :1])), dim=1)
+            next_vs = torch.cat((vs[:, 1:], bootstrap), dim=1)
             advantage = reward + gamma * (~done) * next_vs - value.detach()
             ratio = (log_pi - log_mu).exp()
             low, high = 1.0 - self.clip_ratio, 1.0 + self.clip_ratio
@@ -197,15 +198,16 @@ class R2ACLoss(LossModule):
             clipped = ((ratio < low) | (ratio > high)).to(value.dtype).detach()
 
         entropy = -(log_probs.exp() * log_probs).sum(-1, keepdim=True)
-        reduce = torch.sum if self.reduction == "sum" else (lambda t: t.sum() / mask.sum().clamp_min(1))
+        steps = mask.sum().clamp_min(1)
+        reduce = torch.sum if self.reduction == "sum" else (lambda t: t.sum() / steps)
         return TensorDict(
             {
                 "loss_objective": -reduce(mask * objective),
                 "loss_critic": self.baseline_cost * 0.5 * reduce(mask * (vs - value).pow(2)),
                 "loss_entropy": -self.entropy_cost * reduce(mask * entropy),
-                "entropy": (mask * entropy).sum().detach() / mask.sum().clamp_min(1),
-                "advantage_mean": (mask * pg_advantage).sum() / mask.sum().clamp_min(1),
-                "clip_fraction": (mask * clipped).sum() / mask.sum().clamp_min(1),
+                "entropy": (mask * entropy).sum().detach() / steps,
+                "advantage_mean": (mask * pg_advantage).sum() / steps,
+                "clip_fraction": (mask * clipped).sum() / steps,
             },
             batch_size=[],
         )
