@@ -13,9 +13,11 @@ sets unless ``--level-set``; the official protocol's repeated runs), so the numb
 
     memory/delayed_cue: greedy return mean=0.9400 std=0.3412 episodes=200
 
-``--policy random`` plays uniformly random actions on the same envs and seeds instead (the random-agent
-baseline that a learning result is read against; the agent still runs, so its recurrent state stays
-in place, and its actions are replaced).
+``--policy sampled`` draws the actions from the agent's policy, as in training (the metric of the
+ProcGen literature, whose PPO baselines report the stochastic policy); ``--policy random`` plays
+uniformly random actions on the same envs and seeds instead (the random-agent baseline that a
+learning result is read against; the agent still runs, so its recurrent state stays in place, and
+its actions are replaced).
 
 ``--video`` (pixel suites: Atari, ProcGen, DMLab) records env 0's first evaluation episode from the
 observations the agent sees (Atari: the last grey 84×84 frame of the stack; ProcGen: the 64×64 RGB
@@ -62,7 +64,7 @@ NETWORK_KEYS = (
 RESULT_COLUMNS = (
     "checkpoint", "suite", "task", "level_set", "policy", "episodes", "mean", "std", "min", "max"
 )  # fmt: skip
-POLICIES = ("greedy", "random")
+POLICIES = ("greedy", "sampled", "random")
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -215,8 +217,9 @@ def evaluate_checkpoint(
     max_video_frames: int = 10_000,
     policy: str = "greedy",
 ) -> list[dict[str, Any]]:
-    """Returns of a checkpoint's greedy policy (``policy="random"``: uniformly random actions): one
-    row (``RESULT_COLUMNS``) per level set or run of its evaluation protocol (one row for a single set)."""
+    """Returns of a checkpoint's greedy policy (``policy="sampled"``: actions drawn from the policy;
+    ``"random"``: uniformly random actions): one row (``RESULT_COLUMNS``) per level set or run of its
+    evaluation protocol (one row for a single set)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     module = load_module(checkpoint, config)
@@ -239,7 +242,9 @@ def evaluate_checkpoint(
     with torch.no_grad():
         for i, part in enumerate(plan):
             played = recorder if recorder is not None and i == 0 else actor
-            returns = module.greedy_returns(part.episodes, max_steps=max_steps, policy=played, **part.options)
+            returns = module.greedy_returns(
+                part.episodes, max_steps=max_steps, policy=played, greedy=policy == "greedy", **part.options
+            )
             rows.append(
                 {
                     "checkpoint": str(checkpoint),
@@ -296,7 +301,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many env steps")
     parser.add_argument(
         "--policy", choices=POLICIES, default="greedy",
-        help="greedy: the agent's argmax actions; random: uniformly random actions (the baseline)",
+        help="greedy: the agent's argmax actions; sampled: actions drawn from its policy (as in "
+        "training; ProcGen's usual metric); random: uniformly random actions (the baseline)",
     )  # fmt: skip
     parser.add_argument("--output", help="write the results to this .csv or .json file")
     parser.add_argument("--video", help="record env 0's first episode to this .mp4, .avi or .gif file")

@@ -524,12 +524,14 @@ class R2ACModule(LightningModule):
         max_steps: int | None = None,
         policy: Any = None,
         env_options: dict[str, Any] | None = None,
+        greedy: bool = True,
     ) -> torch.Tensor:
         """Returns of ``num_episodes`` greedy episodes, float32 ``[N]`` (fewer if ``max_steps`` stops
         first), with the envs, seeds and batch size of :meth:`greedy_evaluation` (same numbers).
         ProcGen plays ``level_set`` (default: the training config's levels); other suites use the
         evaluation seed ``seed + 10_000 + run``. ``env_options`` update the config's (validation).
-        ``policy`` wraps the actor (``recipes.evaluate`` records frames with it)."""
+        ``policy`` wraps the actor (``recipes.evaluate`` records frames with it); ``greedy=False``
+        samples the actions from the policy instead of taking its argmax."""
         hp = self.hparams
         options = {**(hp.env_options or {}), **(env_options or {})}
         if hp.suite == "procgen":
@@ -547,7 +549,7 @@ class R2ACModule(LightningModule):
             num_envs = games * max(1, num_envs // games)
         env = self._add_agent_transforms(make_eval_env(hp.suite, hp.task, num_envs, **options))
         try:
-            return evaluate(env, policy or self.actor, num_episodes, max_steps=max_steps)
+            return evaluate(env, policy or self.actor, num_episodes, greedy=greedy, max_steps=max_steps)
         finally:
             env.close()
 

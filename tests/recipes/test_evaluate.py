@@ -164,6 +164,16 @@ def test_random_policy_on_the_same_envs(memory_run, tmp_path):
     assert written["policy"] == "random" and int(written["episodes"]) == 64
 
 
+def test_sampled_policy_draws_from_the_agents_distribution(memory_run):
+    """--policy sampled plays actions drawn from the policy (a near-uniform one after 10 updates), so
+    the same envs and seeds give other returns than its argmax."""
+    _, checkpoint = memory_run
+    (greedy,) = evaluate_main([str(checkpoint), "--episodes", "64"])
+    (sampled,) = evaluate_main([str(checkpoint), "--episodes", "64", "--policy", "sampled"])
+    assert sampled["policy"] == "sampled" and sampled["episodes"] == 64
+    assert sampled["returns"] != greedy["returns"]
+
+
 def test_random_actions_are_uniform_whatever_the_logits():
     from tensordict import TensorDict
 
