@@ -243,7 +243,7 @@ def evaluate_checkpoint(
         for i, part in enumerate(plan):
             played = recorder if recorder is not None and i == 0 else actor
             returns = module.greedy_returns(
-                part.episodes, max_steps=max_steps, policy=played, greedy=policy == "greedy", **part.options
+                part.episodes, max_steps=max_steps, policy=played, greedy=policy != "sampled", **part.options
             )
             rows.append(
                 {
